@@ -1,0 +1,38 @@
+# frcnn_edu — two commands: `make demo` runs the main job, `make test` runs every test.
+# Each target creates or updates the virtual environment in .venv by itself.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast test-notebooks test-browser lab bench clean
+
+# The venv is rebuilt only when pyproject.toml changes (the stamp is newer otherwise).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install --quiet -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import frcnn_edu, torch, torchvision, nbval"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/frcnn-edu demo
+
+test: $(STAMP)
+	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+test-fast: $(STAMP)
+	$(PY) -m pytest tests -x -q
+
+test-browser: $(STAMP)
+	$(PY) -m pytest tests/browser -m browser
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks
+
+bench: $(STAMP)
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,14 @@
+"""frcnn_edu — Faster R-CNN (Ren, He, Girshick, Sun, 2015) from scratch, in readable PyTorch.
+
+    import frcnn_edu as fe
+    model = fe.FasterRCNN.from_preset("shapes_tiny", num_classes=5)
+
+Modules, in the order data flows through the network: boxes, anchors, backbones, rpn, roi,
+fast_rcnn, faster_rcnn; then data, train, evaluate, viz, widgets, cli.
+"""
+from . import anchors, backbones, boxes, config, data, evaluate, fast_rcnn, roi, rpn  # noqa: F401
+from .checkpoints import load_model, save_checkpoint  # noqa: F401
+from .config import FasterRCNNConfig, get_preset  # noqa: F401
+from .faster_rcnn import FasterRCNN  # noqa: F401
+
+__version__ = "0.1.0"

@@ -1,0 +1,250 @@
+"""The `frcnn-edu` command: train, eval, detect, demo.
+
+    frcnn-edu train --dataset shapes --preset shapes_tiny --iters 3000 --out runs/shapes.pt
+    frcnn-edu eval --checkpoint runs/shapes.pt --dataset shapes --json results.json
+    frcnn-edu detect --checkpoint runs/shapes.pt photo.jpg --out detections/
+    frcnn-edu demo [--train]
+
+Datasets: `shapes` (the built-in synthetic data: training images for `train`, the 200 held-out
+images for `eval`), `voc:ROOT[:SPLIT]` (Pascal VOC layout; split trainval for train, test for
+eval by default) and `coco:IMAGES_DIR:ANNOTATIONS_JSON`. Bad input exits with code 2 and a
+message naming the file and what is wrong.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED_CHECKPOINT = REPO / "data" / "checkpoints" / "shapes_tiny.pt"
+
+# The built-in data: training images come from seed 0, held-out images from seed 1, so the two
+# never share an image.
+SHAPES_TRAIN = {"seed": 0, "num_images": 10000}
+SHAPES_HELD_OUT = {"seed": 1, "num_images": 200}
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed without a traceback, exit code 2."""
+
+
+def load_dataset(spec: str, purpose: str, classes=None):
+    """Dataset from a --dataset string; purpose "train" or "eval" picks the default split."""
+    from .data import COCODataset, ShapesDataset, VOCDataset
+
+    kind, _, rest = spec.partition(":")
+    if kind == "shapes":
+        params = dict(SHAPES_TRAIN if purpose == "train" else SHAPES_HELD_OUT)
+        if rest:   # shapes:SEED:NUM_IMAGES
+            parts = rest.split(":")
+            try:
+                params["seed"] = int(parts[0])
+                if len(parts) > 1:
+                    params["num_images"] = int(parts[1])
+            except ValueError:
+                raise UsageError(f"--dataset {spec!r}: expected shapes[:SEED[:NUM_IMAGES]]") from None
+        return ShapesDataset(**params)
+    if kind == "voc":
+        if not rest:
+            raise UsageError("--dataset voc needs a directory: voc:ROOT[:SPLIT]")
+        root, _, split = rest.partition(":")
+        return VOCDataset(root, split or ("trainval" if purpose == "train" else "test"), classes=classes)
+    if kind == "coco":
+        images_dir, _, annotations = rest.partition(":")
+        if not images_dir or not annotations:
+            raise UsageError("--dataset coco needs coco:IMAGES_DIR:ANNOTATIONS_JSON")
+        return COCODataset(images_dir, annotations)
+    raise UsageError(f"unknown dataset {spec!r}: use shapes, voc:ROOT[:SPLIT] or coco:IMAGES_DIR:ANNOTATIONS_JSON")
+
+
+def _print_results(results: dict, class_names) -> None:
+    print(f"{'class':<20} {'AP (VOC07 11-pt)':>17} {'AP (area)':>10}")
+    for name in class_names:
+        ap, ap_area = results["ap"][name], results["ap_area"][name]
+        print(f"{name:<20} {ap:>17.4f} {ap_area:>10.4f}")
+    print(f"{'mAP':<20} {results['mAP']:>17.4f} {results['mAP_area']:>10.4f}")
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    from .config import get_preset
+    from .faster_rcnn import FasterRCNN
+    from .train import train
+
+    config = get_preset(args.preset)
+    dataset = load_dataset(args.dataset, "train")
+    torch.manual_seed(args.seed)
+    model = FasterRCNN(len(dataset.classes), config=config, class_names=dataset.classes)
+    out = Path(args.out)
+    log = out.with_suffix(".jsonl")
+    if not args.resume and log.exists():
+        log.unlink()
+    print(f"training {args.preset} ({args.schedule}) on {args.dataset}: {len(dataset)} images, "
+          f"{len(dataset.classes)} classes, {args.iters} iterations")
+    started = time.perf_counter()
+    train(model, dataset, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
+          schedule=args.schedule, checkpoint=out, checkpoint_every=args.checkpoint_every,
+          resume=args.resume, device=args.device, seed=args.seed, log=log, warmup=args.warmup,
+          progress=not args.quiet)
+    print(f"trained in {time.perf_counter() - started:.0f} s; checkpoint {out}, losses {log}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .checkpoints import load_model
+    from .evaluate import evaluate_model
+
+    model = load_model(args.checkpoint, device=args.device)
+    dataset = load_dataset(args.dataset, "eval", classes=model.class_names if args.dataset.startswith("voc") else None)
+    if tuple(dataset.classes) != tuple(model.class_names):
+        raise UsageError(f"checkpoint {args.checkpoint} was trained on classes {list(model.class_names)} "
+                         f"but {args.dataset} has classes {list(dataset.classes)}")
+    results = evaluate_model(model, dataset, batch_size=args.batch_size, progress=not args.quiet)
+    _print_results(results, model.class_names)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_detect(args) -> int:
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from .checkpoints import load_model
+    from .data.transforms import to_float_image
+    from .viz import draw_detections, save_figure
+
+    model = load_model(args.checkpoint, device=args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {}
+    for path in map(Path, args.images):
+        try:
+            image = to_float_image(Image.open(path))
+        except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
+            raise UsageError(f"cannot read image {path}: {error}") from None
+        with torch.inference_mode():
+            detections = {k: v.cpu() for k, v in model([image])[0].items()}
+        ax = draw_detections(image, detections, model.class_names, args.score_thresh, title=path.name)
+        png = out / f"{path.stem}_detections.png"
+        save_figure(ax.figure, png)
+        report[str(path)] = [
+            {"box": [round(v, 2) for v in box], "label": model.class_names[label - 1], "score": round(score, 4)}
+            for box, label, score in zip(detections["boxes"].tolist(), detections["labels"].tolist(),
+                                         detections["scores"].tolist()) if score >= args.score_thresh]
+        print(f"{path}: {len(report[str(path)])} detections -> {png}")
+    (out / "detections.json").write_text(json.dumps(report, indent=2))
+    print(f"wrote {out / 'detections.json'}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import torch
+
+    from .checkpoints import load_model
+    from .config import get_preset
+    from .data import ShapesDataset
+    from .evaluate import evaluate_model
+    from .faster_rcnn import FasterRCNN
+    from .train import train
+    from .viz import draw_detections, save_figure
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = Path(args.checkpoint)
+    if args.train:
+        checkpoint = out / "shapes_tiny.pt"
+        dataset = ShapesDataset(**SHAPES_TRAIN)
+        model = FasterRCNN(len(dataset.classes), config=get_preset("shapes_tiny"), class_names=dataset.classes)
+        print(f"training shapes_tiny from scratch for {args.iters} iterations ...")
+        train(model, dataset, iters=args.iters, batch_size=4, checkpoint=checkpoint, device=args.device,
+              warmup=100)
+    model = load_model(checkpoint, device=args.device)
+    held_out = ShapesDataset(seed=SHAPES_HELD_OUT["seed"], num_images=args.num_images)
+    print(f"detecting on {len(held_out)} held-out shapes images with {checkpoint} ...")
+    results = evaluate_model(model, held_out, batch_size=8, progress=True)
+    _print_results(results, model.class_names)
+    for i in range(min(args.num_pictures, len(held_out))):
+        image, _ = held_out[i]
+        with torch.inference_mode():
+            detections = {k: v.cpu() for k, v in model([image])[0].items()}
+        ax = draw_detections(image, detections, model.class_names, 0.5, title=f"held-out image {i}")
+        save_figure(ax.figure, out / f"demo_{i:02d}.png")
+    print(f"wrote {min(args.num_pictures, len(held_out))} pictures to {out}/")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="frcnn-edu", description="Faster R-CNN from scratch: train, "
+                                     "evaluate and run detectors.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("train", help="train a detector",
+                       description="Train Faster R-CNN; the checkpoint at --out is rewritten as training goes.")
+    p.add_argument("--dataset", required=True, help="shapes | voc:ROOT[:SPLIT] | coco:IMAGES_DIR:ANNOTATIONS_JSON")
+    p.add_argument("--preset", default="shapes_tiny", help="shapes_tiny | paper_vgg16 | paper_zf")
+    p.add_argument("--iters", type=int, required=True, help="training iterations (mini-batches)")
+    p.add_argument("--out", required=True, help="checkpoint path (.pt); losses go to the same name .jsonl")
+    p.add_argument("--schedule", default="joint", choices=["joint", "alternating"],
+                   help="approximate joint training or the paper's 4-step alternating training")
+    p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+    p.add_argument("--batch-size", type=int, default=4, help="images per mini-batch")
+    p.add_argument("--lr", type=float, default=None, help="base learning rate (default: the preset's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=100, help="linear warm-up iterations")
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="VOC mAP of a checkpoint on a dataset",
+                       description="Per-class AP and mAP at IoU 0.5, VOC07 11-point and area under the curve.")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--dataset", required=True, help="shapes | voc:ROOT[:SPLIT] | coco:IMAGES_DIR:ANNOTATIONS_JSON")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--batch-size", type=int, default=8)
+    common(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("detect", help="detect objects in image files",
+                       description="Write an annotated PNG per image and detections.json to --out.")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--score-thresh", type=float, default=0.5)
+    common(p)
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("demo", help="the shipped detector on held-out shapes (or --train first)",
+                       description="Load the shipped shapes_tiny checkpoint, detect on held-out shapes, "
+                                   "print mAP and write annotated PNGs.")
+    p.add_argument("--train", action="store_true", help="first train from scratch (minutes on a CPU)")
+    p.add_argument("--iters", type=int, default=3000, help="iterations for --train")
+    p.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT))
+    p.add_argument("--num-images", type=int, default=200, help="held-out images to evaluate on")
+    p.add_argument("--num-pictures", type=int, default=6, help="annotated PNGs to write")
+    p.add_argument("--out", default="outputs/demo")
+    common(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, ValueError, FileNotFoundError) as error:
+        print(f"frcnn-edu {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""VOCDataset: read a Pascal VOC-style folder (your own data, or ShapesDataset.write_voc's).
+
+    root/ImageSets/Main/<split>.txt    one image id per line
+    root/Annotations/<id>.xml          boxes and class names
+    root/JPEGImages/<filename>         the images (any format PIL reads)
+
+VOC coordinates are 1-based inclusive pixel indices (xmin = 1 is the first
+column; a box from xmin to xmax covers xmax - xmin + 1 columns). They are read
+as floats and converted once to frcnn_edu's continuous coordinates:
+
+    x1 = xmin - 1,  y1 = ymin - 1,  x2 = xmax,  y2 = ymax
+
+Reading them as floats matters: readers that store them in unsigned integers
+turn the -1 of already 0-based user data into 65535 (PITFALLS: jwyang #594).
+Boxes up to 1 pixel outside the image are clipped; further out is an error
+naming the file. Every annotation is parsed and checked when the dataset is
+built, so a bad file fails at once, not hours into training.
+"""
+
+import math
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .targets import validate_target
+from .transforms import to_float_image
+
+BORDER_TOLERANCE = 1.0  # pixels a converted box may stick out of its image before it is an error
+
+
+class VOCDataset(Dataset):
+    """Pascal VOC detection data; `dataset[i]` -> (image (3, H, W) float in [0, 1], target).
+
+    Args:
+        root: the folder holding Annotations/, JPEGImages/ and ImageSets/Main/.
+        split: name of the image-id list ImageSets/Main/<split>.txt.
+        classes: class names for labels 1..C, in order (without background). None: the
+            sorted set of names found in this split's annotations.
+        transforms: optional callable (image, target) -> (image, target).
+        keep_difficult: keep objects marked <difficult>1</difficult> (flagged in
+            target["difficult"], ignored by VOC evaluation); False drops them.
+
+    target: {"boxes": (N, 4) float32, "labels": (N,) int64, "difficult": (N,) bool,
+             "image_id": the id string}
+    """
+
+    def __init__(self, root, split="trainval", classes=None, transforms=None, keep_difficult=True):
+        self.root = Path(root)
+        self.split = split
+        self.transforms = transforms
+        self.keep_difficult = keep_difficult
+        self.ids = _read_split(self.root / "ImageSets" / "Main" / f"{split}.txt")
+        records = [_parse_annotation(self.root, image_id) for image_id in self.ids]
+
+        names = sorted({obj["name"] for record in records for obj in record["objects"]})
+        self.classes = tuple(names) if classes is None else _check_classes(classes)
+        label_of = {name: i + 1 for i, name in enumerate(self.classes)}  # 0 is background
+
+        self.images, self.sizes, self.targets = [], [], []
+        for record in records:
+            self.images.append(record["image"])
+            self.sizes.append(record["size"])
+            self.targets.append(self._make_target(record, label_of))
+
+    def _make_target(self, record, label_of):
+        objects = [o for o in record["objects"] if self.keep_difficult or not o["difficult"]]
+        for obj in objects:
+            if obj["name"] not in label_of:
+                raise ValueError(
+                    f"{record['xml']}: unknown class {obj['name']!r}; known classes: {list(self.classes)}"
+                )
+        target = {
+            "boxes": torch.tensor([o["box"] for o in objects], dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor([label_of[o["name"]] for o in objects], dtype=torch.int64),
+            "difficult": torch.tensor([o["difficult"] for o in objects], dtype=torch.bool),
+            "image_id": record["id"],
+        }
+        # Clips the boxes within the 1-pixel tolerance; drops (with a warning) any
+        # that end up with zero size.
+        return validate_target(target, record["size"], source=record["xml"])
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        path = self.images[index]
+        try:
+            with Image.open(path) as pil:
+                pil = pil.convert("RGB")  # also forces the full decode inside the try
+        except (OSError, ValueError, SyntaxError, EOFError) as err:
+            raise ValueError(f"{path}: cannot decode image: {err}") from None
+        height, width = self.sizes[index]
+        if (pil.height, pil.width) != (height, width):
+            raise ValueError(
+                f"{path}: image is {pil.height}x{pil.width} (HxW) but its annotation says "
+                f"{height}x{width}; the boxes would not match"
+            )
+        image = to_float_image(pil)
+        target = {k: v.clone() if torch.is_tensor(v) else v for k, v in self.targets[index].items()}
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+def _read_split(path):
+    if not path.is_file():
+        raise ValueError(f"split file not found: {path}")
+    # Take the first token of each line: per-class lists hold "<id> <flag>".
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+
+def _check_classes(classes):
+    classes = tuple(str(c) for c in classes)
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"classes has duplicates: {list(classes)}")
+    if any(c.lower() in ("__background__", "background") for c in classes):
+        raise ValueError(
+            f"classes must not include background (label 0 is reserved for it): {list(classes)}"
+        )
+    return classes
+
+
+def _text(element, tag, path, where):
+    """The stripped text of element's child `tag`; ValueError naming the file if missing."""
+    child = element.find(tag)
+    if child is None or child.text is None or not child.text.strip():
+        raise ValueError(f"{path}: {where} has no <{tag}>")
+    return child.text.strip()
+
+
+def _number(element, tag, path, where):
+    text = _text(element, tag, path, where)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{path}: {where}<{tag}> is not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{path}: {where}<{tag}> is not finite: {text!r}")
+    return value
+
+
+def _parse_annotation(root, image_id):
+    """Parse and check Annotations/<image_id>.xml; boxes converted to continuous (x1, y1, x2, y2)."""
+    path = root / "Annotations" / f"{image_id}.xml"
+    if not path.is_file():
+        raise ValueError(f"annotation file not found: {path}")
+    try:
+        annotation = ET.parse(path).getroot()
+    except ET.ParseError as err:
+        raise ValueError(f"{path}: malformed XML: {err}") from None
+
+    size = annotation.find("size")
+    if size is None:
+        raise ValueError(f"{path}: annotation has no <size>")
+    width, height = (_number(size, tag, path, "<size>") for tag in ("width", "height"))
+    if width <= 0 or height <= 0:
+        raise ValueError(f"{path}: <size> must be positive, got width={width:g} height={height:g}")
+
+    objects = []
+    for i, obj in enumerate(annotation.findall("object")):
+        where = f"object {i} "
+        name = _text(obj, "name", path, where)
+        bndbox = obj.find("bndbox")
+        if bndbox is None:
+            raise ValueError(f"{path}: {where}has no <bndbox>")
+        xmin, ymin, xmax, ymax = (
+            _number(bndbox, tag, path, where + "<bndbox>") for tag in ("xmin", "ymin", "xmax", "ymax")
+        )
+        if xmax < xmin or ymax < ymin:
+            raise ValueError(
+                f"{path}: {where}({name}) has xmax < xmin or ymax < ymin: "
+                f"[xmin={xmin:g}, ymin={ymin:g}, xmax={xmax:g}, ymax={ymax:g}]"
+            )
+        box = (xmin - 1, ymin - 1, xmax, ymax)  # 1-based inclusive -> continuous
+        tol = BORDER_TOLERANCE
+        if box[0] < -tol or box[1] < -tol or box[2] > width + tol or box[3] > height + tol:
+            raise ValueError(
+                f"{path}: {where}({name}) box {list(box)} (x1, y1, x2, y2) lies outside "
+                f"the {width:g}x{height:g} (WxH) image"
+            )
+        has_flag = (obj.findtext("difficult") or "").strip() != ""  # optional, default 0
+        is_difficult = has_flag and _number(obj, "difficult", path, where) != 0
+        objects.append({"name": name, "box": box, "difficult": is_difficult})
+
+    return {
+        "id": image_id,
+        "xml": path,
+        "size": (int(height), int(width)),
+        "image": _image_path(root, image_id, annotation.findtext("filename"), path),
+        "objects": objects,
+    }
+
+
+def _image_path(root, image_id, filename, xml_path):
+    """JPEGImages/<filename> from the XML, else JPEGImages/<id>.jpg; must exist."""
+    candidates = [root / "JPEGImages" / filename.strip()] if filename and filename.strip() else []
+    candidates.append(root / "JPEGImages" / f"{image_id}.jpg")
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    tried = ", ".join(str(c) for c in candidates)
+    raise ValueError(f"{xml_path}: image file not found (tried {tried})")

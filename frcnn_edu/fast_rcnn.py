@@ -1,0 +1,147 @@
+"""The Fast R-CNN detector ([F]) that classifies and refines the RPN's proposals.
+
+  sample_proposal_targets   which proposals train the detector, and towards what ([F] Sec. 2.3)
+  FastRCNNHead              RoI pooling -> fc6 -> fc7 -> (C+1)-way classifier + per-class boxes
+  fast_rcnn_loss            cross-entropy + smooth L1 on foreground ([F] eq. 1)
+  postprocess_detections    softmax, per-class decode, clip, threshold, per-class NMS, top 100
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import boxes as box_ops
+from .roi import roi_pool
+
+
+def _random_keys(shape, generator, device) -> torch.Tensor:
+    return torch.rand(shape, generator=generator, device=generator.device if generator else device).to(device)
+
+
+def sample_proposal_targets(proposals: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, *,
+                            batch_size: int = 128, positive_fraction: float = 0.25,
+                            fg_iou: float = 0.5, bg_iou=(0.1, 0.5),
+                            box_coder_weights=(10.0, 10.0, 5.0, 5.0),
+                            generator: torch.Generator | None = None,
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Choose the RoIs that train the detector for one image ([F] Sec. 2.3, [C]).
+
+    proposals (P, 4), gt_boxes (G, 4), gt_labels (G,) in 1..C.
+    Returns rois (R, 4), labels (R,) int64 (0 = background) and regression targets (R, 4): the
+    eq. 2 encoding of each RoI's matched ground-truth box, multiplied by box_coder_weights
+    (= divided by the stds 0.1, 0.1, 0.2, 0.2 of [C]). R <= batch_size.
+
+      - the ground-truth boxes join the proposals (so the detector always sees perfect RoIs);
+      - foreground: max IoU >= fg_iou (0.5), at most batch_size * positive_fraction (25%) of them;
+      - background: max IoU in [0.1, 0.5) fills the rest; when there are not enough, RoIs with
+        max IoU in [0, 0.1) are used too (an image with no objects has only those).
+    """
+    rois = torch.cat([proposals, gt_boxes])
+    if gt_boxes.shape[0] == 0:
+        best_iou = torch.zeros(rois.shape[0], device=rois.device, dtype=rois.dtype)
+        best_gt = torch.zeros(rois.shape[0], dtype=torch.int64, device=rois.device)
+        matched_labels = torch.zeros(rois.shape[0], dtype=torch.int64, device=rois.device)
+        matched_boxes = rois
+    else:
+        best_iou, best_gt = box_ops.box_iou(rois, gt_boxes, validate=False).max(dim=1)
+        matched_labels = gt_labels[best_gt]
+        matched_boxes = gt_boxes[best_gt]
+
+    # Random order within each group; a group's rank offsets put preferred groups first.
+    keys = _random_keys(rois.shape[:1], generator, rois.device)
+    foreground = best_iou >= fg_iou
+    in_bg_range = (best_iou >= bg_iou[0]) & (best_iou < bg_iou[1])
+    max_fg = int(round(batch_size * positive_fraction))
+    fg_order = torch.where(foreground, keys, keys + 10.0).argsort()
+    fg_keep = fg_order[: min(max_fg, int(foreground.sum()))]
+    bg_keys = torch.where(in_bg_range, keys, keys + 1.0)          # [0.1, 0.5) before [0, 0.1)
+    bg_keys = torch.where(foreground, bg_keys + 10.0, bg_keys)    # never foreground
+    num_bg = min(batch_size - fg_keep.numel(), int((~foreground).sum()))
+    bg_keep = bg_keys.argsort()[:num_bg]
+
+    keep = torch.cat([fg_keep, bg_keep])
+    labels = matched_labels[keep].clone()
+    labels[fg_keep.numel():] = 0
+    targets = box_ops.encode(matched_boxes[keep], rois[keep], box_coder_weights, validate=False)
+    return rois[keep], labels, targets
+
+
+class FastRCNNHead(nn.Module):
+    """RoI pooling, two fully connected layers, then the two sibling outputs ([F] Fig. 1).
+
+    forward(features (B, C, H, W), rois (K, 5) = (batch index, x1, y1, x2, y2) in input pixels)
+      -> (class_logits (K, num_classes + 1), box_deltas (K, 4 * (num_classes + 1))).
+    num_classes counts object classes only; column 0 is background.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, *, roi_output_size: int = 7,
+                 spatial_scale: float = 1 / 16, representation_size: int = 4096,
+                 dropout: float = 0.5, roi_pool_impl: str = "fast", init_std: float = 0.01,
+                 bbox_init_std: float = 0.001):
+        super().__init__()
+        self.roi_output_size = roi_output_size
+        self.spatial_scale = spatial_scale
+        self.roi_pool_impl = roi_pool_impl
+        self.fc6 = nn.Linear(in_channels * roi_output_size ** 2, representation_size)
+        self.fc7 = nn.Linear(representation_size, representation_size)
+        self.dropout = nn.Dropout(dropout)
+        self.cls_score = nn.Linear(representation_size, num_classes + 1)
+        self.bbox_pred = nn.Linear(representation_size, 4 * (num_classes + 1))
+        nn.init.normal_(self.cls_score.weight, std=init_std)
+        nn.init.normal_(self.bbox_pred.weight, std=bbox_init_std)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, features: torch.Tensor, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = roi_pool(features, rois, self.roi_output_size, self.spatial_scale,
+                          impl=self.roi_pool_impl)                                   # (K, C, s, s)
+        x = self.dropout(F.relu(self.fc6(pooled.flatten(1))))
+        x = self.dropout(F.relu(self.fc7(x)))
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+def fast_rcnn_loss(class_logits: torch.Tensor, box_deltas: torch.Tensor, labels: torch.Tensor,
+                   regression_targets: torch.Tensor, *, lambda_: float = 1.0,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """[F] eq. 1: L = L_cls(p, u) + lambda [u >= 1] L_loc(t^u, v).
+
+    class_logits (R, C+1), box_deltas (R, 4 (C+1)), labels (R,), regression_targets (R, 4).
+    L_cls: cross-entropy averaged over the R RoIs. L_loc: smooth L1 (beta = 1) between the
+    deltas predicted *for the true class u* and the targets, summed over the 4 coordinates,
+    for foreground RoIs only, and divided by R as in [C].
+    """
+    loss_cls = F.cross_entropy(class_logits, labels)
+    foreground = torch.nonzero(labels > 0).squeeze(1)
+    deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)[foreground, labels[foreground]]
+    loss_box = F.smooth_l1_loss(deltas, regression_targets[foreground], beta=1.0, reduction="sum")
+    return loss_cls, lambda_ * loss_box / max(labels.numel(), 1)
+
+
+def postprocess_detections(class_logits: torch.Tensor, box_deltas: torch.Tensor,
+                           proposals: torch.Tensor, image_size, *, score_thresh: float = 0.05,
+                           nms_iou: float = 0.3, detections_per_img: int = 100,
+                           box_coder_weights=(10.0, 10.0, 5.0, 5.0), nms_impl: str = "fast",
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Detections for one image from the head's outputs on its P proposals ([C] test.py).
+
+    class_logits (P, C+1), box_deltas (P, 4 (C+1)), proposals (P, 4), image_size (H, W).
+    Returns boxes (D, 4), labels (D,) in 1..C, scores (D,), D <= detections_per_img:
+      softmax -> decode each class's deltas -> clip -> drop background and scores <= 0.05 ->
+      NMS per class at IoU 0.3 -> the 100 best.
+    """
+    num_classes = class_logits.shape[1] - 1
+    scores = F.softmax(class_logits, dim=1)[:, 1:]                                    # (P, C)
+    deltas = box_deltas.reshape(-1, num_classes + 1, 4)[:, 1:]                        # (P, C, 4)
+    boxes = box_ops.decode(deltas, proposals[:, None, :], box_coder_weights)          # (P, C, 4)
+    boxes = box_ops.clip_boxes(boxes, image_size, validate=False)
+    labels = torch.arange(1, num_classes + 1, device=scores.device).expand_as(scores)
+
+    boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
+    keep = torch.nonzero(scores > score_thresh).squeeze(1)
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    keep = box_ops.remove_small_boxes(boxes, 1e-2, validate=False)
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    keep = box_ops.batched_nms(boxes, scores, labels, nms_iou, impl=nms_impl, validate=False)
+    keep = keep[:detections_per_img]
+    return boxes[keep], labels[keep], scores[keep]

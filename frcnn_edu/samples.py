@@ -1,0 +1,56 @@
+"""Sample photographs shipped with the repository, for notebooks and demos.
+
+The files live in `<repo>/data/images/` (public-domain / CC0 photos from
+scikit-image's data set; provenance in `data/README.md`). Nothing is
+downloaded.
+
+    import frcnn_edu.samples as samples
+    samples.list_sample_images()          # ['astronaut', 'camera', ...]
+    image = samples.load_sample_image("chelsea")   # (3, H, W) float32 in [0, 1]
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+# the package is <repo>/frcnn_edu, the photos are <repo>/data/images
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "images"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def _sample_files():
+    """{name: path} for every image in SAMPLE_DIR, name = file name without suffix."""
+    if not SAMPLE_DIR.is_dir():
+        return {}
+    return {
+        path.stem: path
+        for path in sorted(SAMPLE_DIR.iterdir())
+        if path.suffix.lower() in IMAGE_SUFFIXES
+    }
+
+
+def list_sample_images():
+    """Names of the sample images, sorted (e.g. 'astronaut', 'chelsea')."""
+    return sorted(_sample_files())
+
+
+def load_sample_image(name):
+    """Load a sample photo as an RGB `(3, H, W)` float32 tensor in [0, 1].
+
+    `name` is a name from `list_sample_images()`, with or without its file
+    suffix ("chelsea" or "chelsea.jpg"). Grey-scale photos are repeated over
+    the three channels. Unknown name: ValueError listing the available names.
+    """
+    files = _sample_files()
+    stem = Path(name).stem if Path(name).suffix.lower() in IMAGE_SUFFIXES else name
+    if stem not in files:
+        raise ValueError(
+            f"unknown sample image name {name!r}; available in {SAMPLE_DIR}: "
+            f"{', '.join(sorted(files)) or '(none)'}"
+        )
+    with Image.open(files[stem]) as image:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
+    chw = np.ascontiguousarray(pixels.transpose(2, 0, 1))  # (3, H, W)
+    return torch.from_numpy(chw).float().div_(255.0)

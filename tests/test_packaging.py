@@ -1,0 +1,65 @@
+"""The two install routes (pip's pyproject.toml and conda's environment.yml) must agree."""
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# conda-forge names the PyTorch package `pytorch`; everything else has the same name.
+CONDA_TO_PYPI = {"pytorch": "torch"}
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def pyproject_packages() -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = {_name(r) for r in project["dependencies"]}
+    names |= {_name(r) for r in project["optional-dependencies"]["dev"]}
+    return names
+
+
+def conda_packages() -> tuple[set[str], list[str]]:
+    """Parse the small YAML subset environment.yml uses (no YAML library needed)."""
+    conda, pip = set(), []
+    in_deps = in_pip = False
+    for line in (ROOT / "environment.yml").read_text().splitlines():
+        text = line.split("#", 1)[0].rstrip()
+        if not text:
+            continue
+        if not line.startswith(" "):
+            in_deps = text.startswith("dependencies:")
+            in_pip = False
+            continue
+        if not in_deps:
+            continue
+        item = text.strip().removeprefix("- ").strip()
+        if item == "pip:":
+            in_pip = True
+        elif in_pip and line.startswith("      "):
+            pip.append(item)
+        else:
+            in_pip = False
+            name = _name(item)
+            if name not in ("python", "pip"):
+                conda.add(CONDA_TO_PYPI.get(name, name))
+    return conda, pip
+
+
+def test_environment_yml_matches_pyproject():
+    conda, _ = conda_packages()
+    pip = pyproject_packages()
+    assert conda == pip, (
+        f"only in environment.yml: {sorted(conda - pip)}; only in pyproject.toml: {sorted(pip - conda)}"
+    )
+
+
+def test_environment_yml_installs_the_package_editable_with_dev_extra():
+    _, pip = conda_packages()
+    assert "-e .[dev]" in pip
+
+
+def test_console_script_declared():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["frcnn-edu"] == "frcnn_edu.cli:main"
