@@ -96,7 +96,7 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from .checkpoints import load_model
-    from .evaluate import evaluate_model
+    from .predict import evaluate_model
 
     model = load_model(args.checkpoint, device=args.device)
     dataset = load_dataset(args.dataset, "eval", classes=model.class_names if args.dataset.startswith("voc") else None)
@@ -149,13 +149,14 @@ def cmd_demo(args) -> int:
     from .checkpoints import load_model
     from .config import get_preset
     from .data import ShapesDataset
-    from .evaluate import evaluate_model
+    from .predict import evaluate_model
     from .faster_rcnn import FasterRCNN
     from .train import train
     from .viz import draw_detections, save_figure
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    print(f"wrote {draw_anchor_picture(out / 'anchors_on_photo.png')}")
     checkpoint = Path(args.checkpoint)
     if args.train:
         checkpoint = out / "shapes_tiny.pt"
@@ -177,6 +178,37 @@ def cmd_demo(args) -> int:
         save_figure(ax.figure, out / f"demo_{i:02d}.png")
     print(f"wrote {min(args.num_pictures, len(held_out))} pictures to {out}/")
     return 0
+
+
+def draw_anchor_picture(path, photo: str = "astronaut", stride: int = 16) -> Path:
+    """The 9 paper anchors at one feature-map position, over the sliding-window grid of a photo."""
+    import torch
+    from matplotlib.patches import Rectangle
+
+    from .anchors import AnchorGenerator
+    from .samples import load_sample_image
+    from .viz import draw_boxes, save_figure, show_image
+
+    image = load_sample_image(photo)
+    height, width = image.shape[1:]
+    grid = (-(-height // stride), -(-width // stride))
+    generator = AnchorGenerator((128, 256, 512), (0.5, 1.0, 2.0), stride)
+    anchors = generator(grid).view(grid[0], grid[1], generator.num_anchors, 4)
+    y, x = grid[0] // 2, grid[1] // 2
+    ax = show_image(image, title=f"9 anchors at feature position (y={y}, x={x}); stride {stride} grid")
+    centres = torch.arange(grid[1]) * stride + stride / 2, torch.arange(grid[0]) * stride + stride / 2
+    cx, cy = torch.meshgrid(*centres, indexing="xy")
+    ax.scatter(cx.flatten(), cy.flatten(), s=1, c="white", alpha=0.6)
+    draw_boxes(ax, anchors[y, x], labels=torch.tensor([1, 1, 1, 2, 2, 2, 3, 3, 3]), linewidth=1.5,
+               class_names=["h/w 0.5", "h/w 1", "h/w 2"])
+    window = stride * 3
+    # the 3x3 sliding window's footprint on the feature grid, in image pixels
+    ax.add_patch(Rectangle((x * stride - stride, y * stride - stride), window, window, fill=False,
+                           edgecolor="yellow", linewidth=2))
+    ax.set_xlim(-300, width + 300)
+    ax.set_ylim(height + 300, -300)
+    save_figure(ax.figure, path)
+    return Path(path)
 
 
 def build_parser() -> argparse.ArgumentParser:

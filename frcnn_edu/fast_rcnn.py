@@ -15,10 +15,6 @@ from . import boxes as box_ops
 from .roi import roi_pool
 
 
-def _random_keys(shape, generator, device) -> torch.Tensor:
-    return torch.rand(shape, generator=generator, device=generator.device if generator else device).to(device)
-
-
 def sample_proposal_targets(proposals: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, *,
                             batch_size: int = 128, positive_fraction: float = 0.25,
                             fg_iou: float = 0.5, bg_iou=(0.1, 0.5),
@@ -49,7 +45,7 @@ def sample_proposal_targets(proposals: torch.Tensor, gt_boxes: torch.Tensor, gt_
         matched_boxes = gt_boxes[best_gt]
 
     # Random order within each group; a group's rank offsets put preferred groups first.
-    keys = _random_keys(rois.shape[:1], generator, rois.device)
+    keys = torch.rand(rois.shape[0], generator=generator, device=rois.device)   # in [0, 1)
     foreground = best_iou >= fg_iou
     in_bg_range = (best_iou >= bg_iou[0]) & (best_iou < bg_iou[1])
     max_fg = int(round(batch_size * positive_fraction))
@@ -111,11 +107,12 @@ def fast_rcnn_loss(class_logits: torch.Tensor, box_deltas: torch.Tensor, labels:
     deltas predicted *for the true class u* and the targets, summed over the 4 coordinates,
     for foreground RoIs only, and divided by R as in [C].
     """
-    loss_cls = F.cross_entropy(class_logits, labels)
+    num_rois = max(labels.numel(), 1)   # summed, then divided: R = 0 gives 0, not a NaN mean
+    loss_cls = F.cross_entropy(class_logits, labels, reduction="sum") / num_rois
     foreground = torch.nonzero(labels > 0).squeeze(1)
-    deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)[foreground, labels[foreground]]
+    deltas = box_deltas.reshape(box_deltas.shape[0], box_deltas.shape[1] // 4, 4)[foreground, labels[foreground]]
     loss_box = F.smooth_l1_loss(deltas, regression_targets[foreground], beta=1.0, reduction="sum")
-    return loss_cls, lambda_ * loss_box / max(labels.numel(), 1)
+    return loss_cls, lambda_ * loss_box / num_rois
 
 
 def postprocess_detections(class_logits: torch.Tensor, box_deltas: torch.Tensor,

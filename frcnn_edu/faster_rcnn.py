@@ -234,7 +234,9 @@ class FasterRCNN(nn.Module):
     @torch.no_grad()
     def propose(self, images) -> list[dict]:
         """The RPN's proposals for each image in original coordinates: [{"boxes", "scores"}]."""
-        was_training = self.training
+        # Restore every submodule's own mode afterwards, not just the top one: a trainer may
+        # hold a frozen backbone in eval mode (frozen BatchNorm statistics) inside a training model.
+        modes = [(module, module.training) for module in self.modules()]
         self.eval()
         try:
             batch, _ = self.preprocess(images)
@@ -242,7 +244,12 @@ class FasterRCNN(nn.Module):
             proposals, scores, _ = self.rpn(features, batch.image_sizes, min_sizes=self._min_sizes(batch))
             proposals = self._scale_boxes(proposals, batch.scales, forward=False)
         finally:
-            self.train(was_training)
+            for module, mode in modes:
+                module.training = mode
+        for boxes, (height, width) in zip(proposals, batch.original_sizes):
+            # dividing by the scale can overshoot the border by a rounding error
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
         return [{"boxes": p, "scores": s} for p, s in zip(proposals, scores)]
 
     def rpn_losses(self, images, targets) -> dict:

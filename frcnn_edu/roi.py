@@ -187,9 +187,8 @@ def _roi_pool_reference(features: torch.Tensor, rois: torch.Tensor,
                     # which is the one torchvision's kernel keeps (it scans with a strict >).
                     window = image[:, hs:he, ws:we].reshape(channels, -1)
                     position_in_bin.append(window.argmax(dim=1))
-    if num_rois == 0:
-        return features.new_zeros(0, channels, pooled_h, pooled_w)
-    position = torch.stack(position_in_bin).cpu().view(num_rois, pooled_h, pooled_w, channels)
+    position = (torch.stack(position_in_bin).cpu() if num_rois else torch.zeros(0, dtype=torch.long))
+    position = position.view(num_rois, pooled_h, pooled_w, channels)
     position = position.permute(0, 3, 1, 2)                                # (K, C, h, w)
     empty = position < 0
     position = position.clamp(min=0)
@@ -277,9 +276,7 @@ def _roi_align_reference(features: torch.Tensor, rois: torch.Tensor, output_size
         # Each bin averages a grid_h x grid_w grid of samples; adaptive: about one per cell.
         grid_h = sampling_ratio if sampling_ratio > 0 else math.ceil(float(bin_h))
         grid_w = sampling_ratio if sampling_ratio > 0 else math.ceil(float(bin_w))
-        if grid_h <= 0 or grid_w <= 0:          # an aligned RoI with negative size
-            outputs.append(features.new_zeros(channels, pooled_h, pooled_w))
-            continue
+        grid_h, grid_w = max(grid_h, 0), max(grid_w, 0)    # aligned RoI of negative size: none
         # Sample positions: bin start + (s + 0.5) / grid of the bin, for s = 0 .. grid - 1.
         ys = (y1 + torch.arange(pooled_h, dtype=dtype)[:, None] * bin_h
               + (torch.arange(grid_h, dtype=dtype) + 0.5) * bin_h / grid_h)    # (h, grid_h)
@@ -290,11 +287,11 @@ def _roi_align_reference(features: torch.Tensor, rois: torch.Tensor, output_size
         # rows[i] = mean over bin row i's samples of their y-interpolation weights, (h, H).
         rows = _interpolation_matrix(ys.reshape(-1), height).view(pooled_h, grid_h, height)
         cols = _interpolation_matrix(xs.reshape(-1), width).view(pooled_w, grid_w, width)
-        rows = rows.mean(dim=1).to(features.device)                          # (h, H)
-        cols = cols.mean(dim=1).to(features.device)                          # (w, W)
+        rows = (rows.sum(dim=1) / max(grid_h, 1)).to(features.device)        # (h, H)
+        cols = (cols.sum(dim=1) / max(grid_w, 1)).to(features.device)        # (w, W)
         outputs.append(rows @ image @ cols.T)                                # (C, h, w)
-    if not outputs:
-        return features.new_zeros(0, channels, pooled_h, pooled_w)
+    if not outputs:     # no RoIs: an empty result that is still part of the autograd graph
+        return features.reshape(-1)[:0].view(0, channels, pooled_h, pooled_w)
     return torch.stack(outputs)
 
 

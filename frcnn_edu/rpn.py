@@ -218,7 +218,7 @@ def generate_proposals(objectness: torch.Tensor, deltas: torch.Tensor, anchors: 
       1. keep the pre_nms_top_n anchors with the highest objectness (12,000 train / 6,000 test);
       2. decode their deltas (eq. 2 inverted) into boxes;
       3. clip the boxes to the image ("cross-boundary proposal boxes are clipped");
-      4. drop boxes smaller than min_size;
+      4. drop boxes smaller than min_size (and empty ones);
       5. NMS at IoU 0.7;
       6. keep the post_nms_top_n best (2,000 train / 300 test).
     """
@@ -234,6 +234,9 @@ def generate_proposals(objectness: torch.Tensor, deltas: torch.Tensor, anchors: 
     for boxes, scores, size, min_size in zip(top_boxes, top_scores, image_sizes, min_sizes):
         boxes = box_ops.clip_boxes(boxes, size, validate=False)
         keep = box_ops.remove_small_boxes(boxes, min_size, validate=False)
+        # An anchor entirely outside this image (e.g. in the padding of a smaller image in the
+        # batch) clips to an empty box: never a proposal, even when min_size is 0.
+        keep = keep[(boxes[keep, 2] > boxes[keep, 0]) & (boxes[keep, 3] > boxes[keep, 1])]
         boxes, scores = boxes[keep], scores[keep]
         keep = box_ops.nms(boxes, scores, nms_iou, impl=nms_impl, validate=False)[:post_nms_top_n]
         all_boxes.append(boxes[keep])

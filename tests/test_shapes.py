@@ -49,8 +49,8 @@ def test_index_out_of_range(dataset):
 def test_image_and_target_format(samples):
     for image, _ in samples:
         assert image.shape == (3, 256, 256) and image.dtype == torch.float32
-    low, high = torch.stack([torch.stack(image.aminmax()) for image, _ in samples]).unbind(1)
-    assert low.min() >= 0.0 and high.max() <= 1.0
+    for image, _ in samples[::10]:  # uint8 / 255 by construction; a few suffice
+        assert image.min() >= 0.0 and image.max() <= 1.0 and image.std() > 0.05
     for i, (_, target) in enumerate(samples):
         assert target["boxes"].dtype == torch.float32 and target["boxes"].shape == (len(target["labels"]), 4)
         assert target["labels"].dtype == torch.int64 and target["image_id"] == i

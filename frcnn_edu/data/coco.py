@@ -91,10 +91,13 @@ class COCODataset(Dataset):
                     f"known: {list(self.category_ids)}"
                 )
             x, y, w, h = _bbox(_field(annotation, "bbox", where, name), where, name)
+            is_crowd = annotation.get("iscrowd", 0)
+            if is_crowd not in (0, 1):
+                raise ValueError(f"{where}: {name} 'iscrowd' must be 0 or 1, got {is_crowd!r}")
             row = row_of[image_id]
             boxes[row].append((x, y, x + w, y + h))
             labels[row].append(label_of[category_id])
-            crowd[row].append(bool(annotation.get("iscrowd", 0)))
+            crowd[row].append(bool(is_crowd))
 
         self.targets = []
         for row, image_id in enumerate(self.image_ids):

@@ -162,7 +162,7 @@ class ShapesDataset(Dataset):
             _draw_shape(draw_ids, cls, shape, k + 1)
 
         canvas = _jitter_brightness_contrast(rng, canvas)
-        pixels = np.asarray(canvas)
+        pixels = np.array(canvas)  # a writable copy
         if self.background == "textured":
             noise = rng.integers(-10, 11, size=pixels.shape, dtype=np.int16)
             pixels = np.clip(pixels + noise, 0, 255).astype(np.uint8)
@@ -233,7 +233,8 @@ class ShapesDataset(Dataset):
         bit-identical). VOC coordinates are 1-based inclusive pixel indices, so a box
         (x1, y1, x2, y2) is written as xmin = x1 + 1, ymin = y1 + 1, xmax = x2, ymax = y2,
         which VOCDataset converts back exactly. VOC files hold no class list: read back
-        with VOCDataset(root, classes=ShapesDataset.CLASSES) to keep these label numbers.
+        with VOCDataset(root, classes=ShapesDataset.CLASSES) to keep these label numbers
+        (inferred classes are sorted by name). `transforms` are not applied.
         """
         if image_format not in ("jpg", "png"):
             raise ValueError(f"image_format must be 'jpg' or 'png', got {image_format!r}")

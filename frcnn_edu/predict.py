@@ -1,0 +1,47 @@
+"""Running a trained model over a whole dataset: detections, proposals, and their evaluation."""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from .evaluate import evaluate_detections, proposal_recall
+
+
+def _chunks(dataset, batch_size: int):
+    for start in range(0, len(dataset), batch_size):
+        samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        yield [s[0] for s in samples], [s[1] for s in samples]
+
+
+@torch.inference_mode()
+def predict_dataset(model, dataset, batch_size: int = 8, progress: bool = False):
+    """Detections for every image: (detections [dict], targets [dict]), all on the CPU."""
+    model.eval()
+    detections, targets = [], []
+    for images, image_targets in tqdm(_chunks(dataset, batch_size), total=-(-len(dataset) // batch_size),
+                                      desc="detect", disable=not progress, leave=False):
+        for output in model(images):
+            detections.append({k: v.cpu() for k, v in output.items()})
+        targets.extend(image_targets)
+    return detections, targets
+
+
+def evaluate_model(model, dataset, batch_size: int = 8, progress: bool = False) -> dict:
+    """VOC mAP@0.5 of `model` on `dataset` (11-point "mAP" and area "mAP_area", per-class APs)."""
+    detections, targets = predict_dataset(model, dataset, batch_size, progress)
+    return evaluate_detections(detections, targets, model.class_names)
+
+
+@torch.inference_mode()
+def proposal_recall_of(model, dataset, num_proposals=(50, 100, 300, 1000), iou_thresholds=(0.5, 0.7),
+                       batch_size: int = 8) -> dict:
+    """Recall of the ground-truth boxes by the RPN's top-n proposals ([P] Sec. 4, Fig. 4).
+
+    The RPN keeps rpn_post_nms_top_n_test proposals; to measure recall at larger n, raise it in
+    the model's config (model.rpn.post_nms_top_n["test"]) first.
+    """
+    proposals, gt_boxes = [], []
+    for images, targets in _chunks(dataset, batch_size):
+        proposals += [p["boxes"].cpu() for p in model.propose(images)]
+        gt_boxes += [t["boxes"] for t in targets]
+    return proposal_recall(proposals, gt_boxes, num_proposals, iou_thresholds)

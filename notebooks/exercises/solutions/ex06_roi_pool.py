@@ -1,0 +1,39 @@
+"""Solution to exercise 6: RoI max pooling of one RoI (Fast R-CNN, Sec. 2.1)."""
+import math
+
+import torch
+
+
+def round_half_away_from_zero(v):
+    """C's round(): 2.5 -> 3, -2.5 -> -3 (Python's round and torch.round give 2)."""
+    return math.floor(v + 0.5) if v >= 0 else -math.floor(-v + 0.5)
+
+
+def my_roi_pool(features, roi, output_size, spatial_scale):
+    """Max-pool one RoI into a fixed grid: features (C, H, W), roi (4,) -> (C, h, w).
+
+    roi is (x1, y1, x2, y2) in image pixels; spatial_scale (e.g. 1/16) maps it onto the map.
+    """
+    channels, height, width = features.shape
+    out_h, out_w = output_size
+
+    # 1. Snap the RoI onto the feature grid; the end cell is included, hence + 1.
+    x1, y1, x2, y2 = [round_half_away_from_zero(float(v) * spatial_scale) for v in roi]
+    roi_w = max(x2 - x1 + 1, 1)
+    roi_h = max(y2 - y1 + 1, 1)
+
+    output = torch.zeros(channels, out_h, out_w, dtype=features.dtype)
+    for i in range(out_h):
+        # 2. Bin i covers rows floor(i * roi_h / out_h) .. ceil((i + 1) * roi_h / out_h),
+        #    end excluded, clamped to the map.
+        row_start = min(max(y1 + math.floor(i * roi_h / out_h), 0), height)
+        row_end = min(max(y1 + math.ceil((i + 1) * roi_h / out_h), 0), height)
+        for j in range(out_w):
+            col_start = min(max(x1 + math.floor(j * roi_w / out_w), 0), width)
+            col_end = min(max(x1 + math.ceil((j + 1) * roi_w / out_w), 0), width)
+            if row_end <= row_start or col_end <= col_start:
+                continue            # the bin is off the map: it stays 0
+            # 3. The maximum over the bin, for every channel at once.
+            window = features[:, row_start:row_end, col_start:col_end]
+            output[:, i, j] = window.amax(dim=(1, 2))
+    return output
