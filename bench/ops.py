@@ -46,6 +46,7 @@ def bench_ops(device, sync, *, quick: bool) -> list[dict]:
     """Rows {"op", "size", "reference_s", "fast_s", "ratio"}; "fast" is torchvision's kernel."""
     rows = []
     reps = 1 if quick else 3
+    cheap = 2 if quick else 10      # repetitions of the millisecond-scale operations
 
     def add(op, size, fns, reps=reps):
         result = compare(fns, warmup=1, reps=reps, sync=sync)
@@ -61,10 +62,11 @@ def bench_ops(device, sync, *, quick: bool) -> list[dict]:
         b, _ = proposal_like_boxes(m, device, seed=1)
         add("box_iou (frcnn_edu, validate=False vs torchvision.ops.box_iou)", f"{a.shape[0]} x {b.shape[0]}",
             {"frcnn_edu": lambda a=a, b=b: fe_boxes.box_iou(a, b, validate=False),
-             "torchvision": lambda a=a, b=b: torchvision.ops.box_iou(a, b)})
+             "torchvision": lambda a=a, b=b: torchvision.ops.box_iou(a, b)}, reps=cheap)
     a, _ = proposal_like_boxes(2000, device)
     add("box_iou validate=True vs validate=False", "2000 x 2000",
-        {"validate=True": lambda: fe_boxes.box_iou(a, a), "validate=False": lambda: fe_boxes.box_iou(a, a, validate=False)})
+        {"validate=True": lambda: fe_boxes.box_iou(a, a), "validate=False": lambda: fe_boxes.box_iou(a, a, validate=False)},
+        reps=cheap)
 
     # NMS at the test (2,000 after top-6,000) and training (12,000) sizes of the proposal layer.
     for n in ((500, 2000) if quick else (2000, 12000)):
@@ -72,7 +74,7 @@ def bench_ops(device, sync, *, quick: bool) -> list[dict]:
         result = add("nms @ 0.7", f"{boxes.shape[0]} boxes",
                      {"reference": lambda b=boxes, s=scores: fe_boxes.nms(b, s, 0.7, impl="reference", validate=False),
                       "fast": lambda b=boxes, s=scores: fe_boxes.nms(b, s, 0.7, impl="fast", validate=False)},
-                     reps=1 if (quick or n > 5000) else reps)
+                     reps=1 if quick else (2 if n > 5000 else reps))
         rows[-1]["size"] += f" ({result['fast']['last'].numel()} kept)"
 
     # RoI max pooling: 300 RoIs (the test-time proposal count) on a VGG-16 conv5_3 map.
@@ -87,5 +89,5 @@ def bench_ops(device, sync, *, quick: bool) -> list[dict]:
     base = fe_anchors.generate_base_anchors().to(device)
     add("shift_anchors", "38 x 63 x 9",
         {"reference": lambda: fe_anchors.shift_anchors(base, (38, 63), 16, impl="reference"),
-         "fast": lambda: fe_anchors.shift_anchors(base, (38, 63), 16, impl="fast")})
+         "fast": lambda: fe_anchors.shift_anchors(base, (38, 63), 16, impl="fast")}, reps=cheap)
     return rows

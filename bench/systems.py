@@ -28,6 +28,7 @@ from torchvision.models.detection import FasterRCNN as TVFasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TVAnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.rpn import RPNHead as TVRPNHead
+from torchvision.ops import MultiScaleRoIAlign
 
 import frcnn_edu as fe
 from frcnn_edu.data import ShapesDataset
@@ -83,7 +84,7 @@ def torchvision_twin(model: fe.FasterRCNN, copy_weights: bool = True) -> TVFaste
         rpn_nms_thresh=cfg.rpn_nms_iou,
         rpn_fg_iou_thresh=cfg.rpn_pos_iou, rpn_bg_iou_thresh=cfg.rpn_neg_iou,
         rpn_batch_size_per_image=cfg.rpn_batch_size, rpn_positive_fraction=cfg.rpn_positive_fraction,
-        box_roi_pool=RoIPoolAdapter(size, 1.0 / stride),
+        box_roi_pool=MultiScaleRoIAlign(["0"], size, sampling_ratio=2),   # replaced below
         box_head=TwoMLPHead(channels * size * size, cfg.representation_size),
         box_predictor=FastRCNNPredictor(cfg.representation_size, model.num_classes + 1),
         box_score_thresh=cfg.score_thresh, box_nms_thresh=cfg.det_nms_iou,
@@ -92,6 +93,8 @@ def torchvision_twin(model: fe.FasterRCNN, copy_weights: bool = True) -> TVFaste
         box_batch_size_per_image=cfg.roi_batch_size, box_positive_fraction=cfg.roi_positive_fraction,
         bbox_reg_weights=tuple(cfg.box_coder_weights),
     )
+    # FasterRCNN's constructor accepts only MultiScaleRoIAlign; swap in RoI max pooling after it.
+    tv.roi_heads.box_roi_pool = RoIPoolAdapter(size, 1.0 / stride)
     if copy_weights:
         copy_head_weights(model, tv)
     return tv

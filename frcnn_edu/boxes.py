@@ -379,19 +379,20 @@ def _nms_reference(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tenso
     # Stable sort: among equal scores the lower index comes first (and wins),
     # exactly as in torchvision's CPU kernel.
     order = torch.sort(scores, descending=True, stable=True).indices
+    boxes = boxes[order]  # best first
+    suppressed = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
     keep = []
-    while order.numel() > 0:
-        best, rest = order[0], order[1:]
-        keep.append(best)
-        # IoU of the kept box with every box still in the running; only this one
-        # row of the IoU matrix is needed, so memory stays O(N) even for 12,000 boxes.
-        iou = _box_iou(boxes[best].unsqueeze(0), boxes[rest])[0]
+    for i in range(boxes.shape[0]):
+        if suppressed[i]:  # a better box kept earlier overlaps this one too much
+            continue
+        keep.append(i)
+        # One row of the IoU matrix: the kept box against all boxes. Computing
+        # rows on demand keeps memory O(N) (a full 12,000^2 matrix is 0.6 GB).
+        iou = _box_iou(boxes[i : i + 1], boxes)[0]
         # Compare in float64: torchvision's kernel compares its float IoU with a
         # C++ double threshold (0.3 rounded to float32 would be a different cut).
-        order = rest[iou.double() <= iou_threshold]
-    if not keep:
-        return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    return torch.stack(keep)
+        suppressed |= iou.double() > iou_threshold
+    return order[torch.tensor(keep, dtype=torch.int64, device=boxes.device)]
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, impl: str = "fast", *, validate: bool = True) -> Tensor:

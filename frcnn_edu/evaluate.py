@@ -17,8 +17,8 @@ area under the monotone PR curve used from VOC2010 on. Differences in "difficult
 the AP formula explain most gaps between reported mAPs (see PITFALLS.md).
 
 IoU is computed in continuous coordinates (width = x2 - x1), the package's convention. The VOC
-devkit adds 1 pixel to widths and heights (width = x2 - x1 + 1); on VOC-sized boxes this changes
-IoUs in the third decimal and mAP by a few hundredths of a point at most.
+devkit adds 1 pixel to widths and heights (width = x2 - x1 + 1), which raises IoUs slightly,
+most for small boxes, so numbers can differ a little from the devkit's.
 
 Proposal recall ([P] Sec. 4, Fig. 4): the fraction of ground-truth boxes that the top-N
 proposals cover at a given IoU, e.g. 300 vs 2000 proposals.
@@ -62,11 +62,9 @@ def voc_ap(recall, precision, use_07_metric: bool = True) -> float:
     if np.isnan(recall).any():
         return math.nan
     if use_07_metric:
-        ap = 0.0
-        for t in (i / 10 for i in range(11)):
-            reached = recall >= t
-            ap += (precision[reached].max() if reached.any() else 0.0) / 11
-        return float(ap)
+        best = [precision[recall >= t].max() if (recall >= t).any() else 0.0
+                for t in (i / 10 for i in range(11))]
+        return float(sum(best) / 11)        # (the devkit adds p / 11 eleven times: same to 1e-16)
     # Sentinels: the curve starts at recall 0 and ends at recall 1 with precision 0.
     r = np.concatenate(([0.0], recall, [1.0]))
     p = np.concatenate(([0.0], precision, [0.0]))

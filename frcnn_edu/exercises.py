@@ -219,24 +219,35 @@ def _iou_plus_one(boxes1, boxes2):
     return inter / (area(boxes1)[:, None] + area(boxes2)[None, :] - inter)
 
 
-def _iou_no_clamp(boxes1, boxes2):
-    """Forgetting to clamp negative overlaps at 0."""
+def _iou_from(inter, boxes1, boxes2, union_extra=None, guard=True):
+    a1, a2 = box_ops.box_area(boxes1), box_ops.box_area(boxes2)
+    union = a1[:, None] + a2[None, :] - (inter if union_extra is None else union_extra)
+    if guard:
+        union = torch.where(union > 0, union, torch.ones_like(union))
+    return inter / union
+
+
+def _intersection(boxes1, boxes2, clamp=True):
     lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
     rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    wh = rb - lt
-    inter = wh[..., 0] * wh[..., 1]
-    a1, a2 = box_ops.box_area(boxes1), box_ops.box_area(boxes2)
-    return inter / (a1[:, None] + a2[None, :] - inter)
+    wh = (rb - lt).clamp(min=0) if clamp else rb - lt
+    return wh[..., 0] * wh[..., 1]
+
+
+def _iou_no_clamp(boxes1, boxes2):
+    """Forgetting to clamp negative overlaps at 0."""
+    return _iou_from(_intersection(boxes1, boxes2, clamp=False), boxes1, boxes2)
 
 
 def _iou_inter_over_sum(boxes1, boxes2):
     """Dividing by area1 + area2 (forgetting to subtract the intersection)."""
-    lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
-    rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    a1, a2 = box_ops.box_area(boxes1), box_ops.box_area(boxes2)
-    return inter / (a1[:, None] + a2[None, :])
+    inter = _intersection(boxes1, boxes2)
+    return _iou_from(inter, boxes1, boxes2, union_extra=torch.zeros_like(inter))
+
+
+def _iou_no_guard(boxes1, boxes2):
+    """No guard against 0 / 0 for two zero-area boxes."""
+    return _iou_from(_intersection(boxes1, boxes2), boxes1, boxes2, guard=False)
 
 
 _IOU_MISTAKES = [
@@ -247,6 +258,8 @@ _IOU_MISTAKES = [
                     "height before multiplying (two negatives make a positive area!)."),
     (_iou_inter_over_sum, "it looks like you divide by area1 + area2: the union is "
                           "area1 + area2 - intersection (the overlap is counted twice otherwise)."),
+    (_iou_no_guard, "two zero-area boxes have union 0 and 0 / 0 = nan: define their IoU as 0, e.g. "
+                    "divide by torch.where(union > 0, union, torch.ones_like(union))."),
 ]
 
 
@@ -342,7 +355,7 @@ def _nms_cases() -> list:
              (_boxes([[0, 0, 10, 10], [1, 1, 11, 11]]), torch.tensor([0.9, 0.8]), 0.5),
              "the lower-scoring box has IoU 0.68 > 0.5 with the kept one: suppress it."),
         Case("scores not in sorted order",
-             (_boxes([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]]), torch.tensor([0.3, 0.9, 0.5]), 0.5),
+             (_boxes([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]]), torch.tensor([0.3, 0.5, 0.9]), 0.5),
              "visit the boxes from the highest score down (torch.argsort(scores, descending=True)) "
              "and return indices into the ORIGINAL boxes, in that order."),
         Case("a chain: A overlaps B, B overlaps C, A does not overlap C",

@@ -130,7 +130,7 @@ def postprocess_detections(class_logits: torch.Tensor, box_deltas: torch.Tensor,
     num_classes = class_logits.shape[1] - 1
     scores = F.softmax(class_logits, dim=1)[:, 1:]                                    # (P, C)
     deltas = box_deltas.reshape(-1, num_classes + 1, 4)[:, 1:]                        # (P, C, 4)
-    boxes = box_ops.decode(deltas, proposals[:, None, :], box_coder_weights)          # (P, C, 4)
+    boxes = box_ops.decode(deltas, proposals[:, None, :], box_coder_weights, validate=False)  # (P, C, 4)
     boxes = box_ops.clip_boxes(boxes, image_size, validate=False)
     labels = torch.arange(1, num_classes + 1, device=scores.device).expand_as(scores)
 

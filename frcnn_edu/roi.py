@@ -156,7 +156,7 @@ def roi_pool_bins(roi: torch.Tensor | Sequence[float], output_size: int | Sequen
 
 def _roi_pool_reference(features: torch.Tensor, rois: torch.Tensor,
                         output_size: tuple[int, int], spatial_scale: float) -> torch.Tensor:
-    num_images, channels, height, width = features.shape
+    _, channels, height, width = features.shape
     pooled_h, pooled_w = output_size
     num_rois = len(rois)
     device = features.device
@@ -187,8 +187,9 @@ def _roi_pool_reference(features: torch.Tensor, rois: torch.Tensor,
                     # which is the one torchvision's kernel keeps (it scans with a strict >).
                     window = image[:, hs:he, ws:we].reshape(channels, -1)
                     position_in_bin.append(window.argmax(dim=1))
-    position = (torch.stack(position_in_bin).cpu() if num_rois else torch.zeros(0, dtype=torch.long))
-    position = position.view(num_rois, pooled_h, pooled_w, channels)
+    if num_rois == 0:
+        position_in_bin.append(torch.zeros(0, channels, dtype=torch.long))
+    position = torch.stack(position_in_bin).cpu().view(num_rois, pooled_h, pooled_w, channels)
     position = position.permute(0, 3, 1, 2)                                # (K, C, h, w)
     empty = position < 0
     position = position.clamp(min=0)
@@ -215,8 +216,9 @@ def roi_pool(features: torch.Tensor, rois: torch.Tensor, output_size: int | Sequ
         The box is in INPUT-IMAGE pixels; spatial_scale (1 / total stride, e.g. 1/16) maps it
         onto the feature map.
     output_size: h = w = int, or (h, w): 7 for VGG-16, 6 for ZF.
-    impl: "fast" (torchvision.ops.roi_pool) or "reference" (readable plain PyTorch; same values
-        and gradients bit for bit on finite inputs, much slower).
+    impl: "fast" (torchvision.ops.roi_pool) or "reference" (readable plain PyTorch, much slower;
+        the same values and gradients bit for bit on finite inputs: on the CPU exactly, on CUDA
+        up to the order in which torchvision's backward adds shared gradients with atomics).
     validate: check shapes, dtypes and batch indices (see `check_rois`); False skips the checks
         and their GPU sync.
 

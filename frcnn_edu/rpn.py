@@ -228,7 +228,7 @@ def generate_proposals(objectness: torch.Tensor, deltas: torch.Tensor, anchors: 
     top_n = min(pre_nms_top_n, objectness.shape[1])
     top_scores, top_idx = objectness.topk(top_n, dim=1)                               # (B, n)
     top_deltas = deltas.gather(1, top_idx[..., None].expand(-1, -1, 4))               # (B, n, 4)
-    top_boxes = box_ops.decode(top_deltas, anchors[top_idx])                          # (B, n, 4)
+    top_boxes = box_ops.decode(top_deltas, anchors[top_idx], validate=False)  # (B, n, 4)
 
     all_boxes, all_scores = [], []
     for boxes, scores, size, min_size in zip(top_boxes, top_scores, image_sizes, min_sizes):

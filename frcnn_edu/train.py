@@ -142,12 +142,25 @@ def train(model: FasterRCNN, dataset, *, iters: int, batch_size: int = 2, lr: fl
         state = {k: saved[k] for k in ("schedule", "stage", "iteration", "iters", "history")}
         optimizer_state = saved.get("optimizer")
         torch.set_rng_state(saved["rng"])
+        generator_state = saved.get("generator")
+        if state["stage"] >= len(stage_names) and iters > state["iters"]:
+            # A finished run asked for more iterations: extend its (single) stage.
+            if len(stage_names) > 1:
+                raise ValueError(f"{checkpoint} is a finished {schedule} run of {state['iters']} "
+                                 f"iterations; an alternating schedule cannot be extended, start a new one")
+            state.update(stage=0, iteration=state["iters"], iters=iters)
+        elif iters != state["iters"]:
+            raise ValueError(f"{checkpoint} was written by a run of {state['iters']} iterations; "
+                             f"resume it with the same iters (or more, once it has finished)")
         if saved.get("helper") is not None:
             helper = FasterRCNN(model.num_classes, config=model.config, class_names=model.class_names).to(device)
             helper.load_state_dict(saved["helper"])
     else:
         torch.manual_seed(seed)
+        generator_state = None
     generator = torch.Generator(device=device).manual_seed(seed + 1)
+    if generator_state is not None:
+        generator.set_state(generator_state)
     model.set_generator(generator)
 
     flip = RandomHorizontalFlip(model.config.flip_prob)
@@ -218,23 +231,24 @@ def train(model: FasterRCNN, dataset, *, iters: int, batch_size: int = 2, lr: fl
                 state.update(stage=stage_index, iteration=iteration + 1)
                 out_of_time = time_limit is not None and time.perf_counter() - started > time_limit
                 if checkpoint is not None and ((iteration + 1) % checkpoint_every == 0 or out_of_time):
-                    _save(checkpoint, model, optimizer, state, helper)
+                    _save(checkpoint, model, optimizer, state, helper, generator)
                 if out_of_time:
                     return history
             state.update(stage=stage_index + 1, iteration=0)
-        _set_frozen(model, False)
-        model.eval()
+        state["iters"] = iters
         if checkpoint is not None:
-            _save(checkpoint, model, None, state, None)
+            _save(checkpoint, model, None, state, None, generator)
     finally:
+        _set_frozen(model, False)   # also when interrupted: the model is usable as it is
+        model.eval()
         if log_file:
             log_file.close()
         model.set_generator(None)
     return history
 
 
-def _save(path, model, optimizer, state, helper) -> None:
-    training = {**state, "rng": torch.get_rng_state(),
+def _save(path, model, optimizer, state, helper, generator) -> None:
+    training = {**state, "rng": torch.get_rng_state(), "generator": generator.get_state(),
                 "optimizer": optimizer.state_dict() if optimizer is not None else None,
                 "helper": ({k: v.detach().cpu() for k, v in helper.state_dict().items()}
                            if helper is not None else None)}

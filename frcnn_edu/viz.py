@@ -64,3 +64,34 @@ def draw_detections(image: torch.Tensor, detections: dict, class_names=None, sco
 def save_figure(fig, path) -> None:
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers shared by the explorers (frcnn_edu.widgets) and the notebooks
+# ------------------------------------------------------------------------------------------------
+def draw_feature_grid(ax, feature_size, stride: float, color: str = "white", linewidth: float = 0.5,
+                      alpha: float = 0.4):
+    """The cells of an (H', W') feature map drawn over the image: a line every `stride` pixels.
+
+    Feature cell (y, x) covers pixels [x * stride, (x + 1) * stride) x [y * stride, (y + 1) * stride).
+    Lines are drawn as two LineCollections (no patches), so they do not count as boxes.
+    """
+    height, width = (int(v) for v in feature_size)
+    xs = [x * stride for x in range(width + 1)]
+    ys = [y * stride for y in range(height + 1)]
+    ax.vlines(xs, 0, height * stride, colors=color, linewidth=linewidth, alpha=alpha)
+    ax.hlines(ys, 0, width * stride, colors=color, linewidth=linewidth, alpha=alpha)
+    return ax
+
+
+def draw_box_outline(ax, box, color: str = "red", linewidth: float = 2.0, linestyle: str = "-",
+                     label: str | None = None, fill_alpha: float = 0.0):
+    """One (x1, y1, x2, y2) box as a Rectangle patch (optionally lightly filled); returns the patch."""
+    x1, y1, x2, y2 = (float(v) for v in torch.as_tensor(box).reshape(4).tolist())
+    patch = Rectangle((x1, y1), x2 - x1, y2 - y1, fill=fill_alpha > 0, edgecolor=color,
+                      facecolor=(color if fill_alpha > 0 else "none"), linewidth=linewidth,
+                      linestyle=linestyle, label=label)
+    if fill_alpha > 0:
+        patch.set_facecolor(matplotlib.colors.to_rgba(color, fill_alpha))
+    ax.add_patch(patch)
+    return patch

@@ -114,6 +114,21 @@ def test_roi_pool_reference_matches_torchvision_random(dtype):
         assert_pool_equal(features, rois, OUTPUT_SIZES[case % 3], 1 / stride, seed=case)
 
 
+@pytest.mark.parametrize("dtype,last_end", [(torch.float32, 29), (torch.float64, 30)])
+def test_roi_pool_bin_edges_use_the_features_dtype(dtype, last_end):
+    # A RoI 29 cells wide in 7 bins: 7 * (29 / 7) is 29.0 in float32 but 29.000000000000004 in
+    # float64, so torchvision's last bin ends at ceil() = 29 for float32 and 30 for float64.
+    # The reference does its arithmetic in the same dtype and agrees in both.
+    assert roi_pool_bins(torch.tensor([0.0, 0.0, 28.0, 28.0], dtype=dtype), 7, 1.0,
+                         (40, 40))[1][-1] == last_end
+    features = torch.zeros(1, 1, 40, 40, dtype=dtype)
+    features[0, 0, 29, 29] = 1.0                 # just outside the RoI: only float64 sees it
+    rois = torch.tensor([[0, 0.0, 0.0, 28.0, 28.0]], dtype=dtype)
+    a, b, ga, gb = pool_both(features, rois, 7, 1.0)
+    assert torch.equal(a, b) and torch.equal(ga, gb)
+    assert a[0, 0, 6, 6] == (1.0 if dtype == torch.float64 else 0.0)
+
+
 def test_roi_pool_rois_outside_the_map():
     gen = torch.Generator().manual_seed(3)
     features = torch.randn(1, 3, 6, 8, generator=gen)

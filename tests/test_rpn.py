@@ -19,6 +19,16 @@ from frcnn_edu.rpn import (RegionProposalNetwork, RPNHead, assign_anchor_targets
                            generate_proposals, objectness_logit, rpn_loss, sample_anchors)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared, loaded CPU, OpenMP threads competing with other
+    processes make these small convolutions 5-10x slower; results do not depend on it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def T(rows):
     return torch.tensor(rows, dtype=torch.float32)
 

@@ -1,0 +1,268 @@
+"""The explorers of frcnn_edu.widgets, without a browser or a kernel.
+
+Setting a control's `.value` fires its observers exactly as dragging the slider does in
+JupyterLab; each test checks the numbers (`.state`) and the drawing (patches on the axes, the PNG).
+"""
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import frcnn_edu as fe  # noqa: E402
+from frcnn_edu import widgets as W  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small_image():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(3, 200, 300, generator=g)
+
+
+def _widget_names(explorer):
+    """Every control must be inside the displayed container."""
+    names = set()
+    stack = [explorer.widget]
+    while stack:
+        w = stack.pop()
+        names.add(id(w))
+        stack.extend(getattr(w, "children", ()))
+    return names
+
+
+# ----------------------------------------------------------------------------------------------
+# The computations
+# ----------------------------------------------------------------------------------------------
+def test_anchors_at_matches_anchor_generator():
+    sizes, ratios, stride = (32, 64), (0.5, 1.0, 2.0), 16
+    grid = fe.anchors.AnchorGenerator(sizes, ratios, stride)((5, 7))
+    k = len(sizes) * len(ratios)
+    for x, y in [(0, 0), (3, 2), (6, 4)]:
+        row = (y * 7 + x) * k
+        torch.testing.assert_close(W.anchors_at((x, y), sizes, ratios, stride), grid[row:row + k])
+
+
+def test_window_box_and_receptive_field():
+    assert W.window_box((0, 0), 16).tolist() == [-16, -16, 32, 32]          # 3 x 3 cells, 48 px
+    assert W.window_box((2, 1), 8).tolist() == [8, 0, 32, 24]
+    assert W.rpn_receptive_field("zf") == (171, 16)                         # Sec. 3.1
+    assert W.rpn_receptive_field("vgg16") == (228, 16)
+    box = W.receptive_field_box((1, 2), 16, 171)
+    assert box.tolist() == pytest.approx([24 - 85.5, 40 - 85.5, 24 + 85.5, 40 + 85.5])
+    assert W.feature_map_size((600, 1000), 16) == (38, 63)
+
+
+def test_label_anchors_is_assign_without_sampling():
+    anchors = fe.anchors.AnchorGenerator((32, 64), (0.5, 1.0, 2.0), 16)((8, 8))
+    gt = torch.tensor([[20.0, 30.0, 70.0, 90.0]])
+    labels = W.label_anchors(anchors, gt, (128, 128))
+    ref, _ = fe.rpn.assign_anchor_targets(anchors, gt, (128, 128), sample=False)
+    assert torch.equal(labels, ref)
+    # without sampling every inside anchor is labelled: -1 only for border or in-between IoU
+    inside = fe.anchors.inside_image(anchors, (128, 128))
+    best = fe.boxes.box_iou(anchors, gt).max(dim=1).values
+    assert bool(((labels == -1) == (~inside | ((best >= 0.3) & (labels != 1)))).all())
+    assert int((labels == 1).sum()) >= 1
+
+
+def test_kept_proposals_is_nms_then_top_n():
+    g = torch.Generator().manual_seed(1)
+    xy = torch.rand(50, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + 10 + torch.rand(50, 2, generator=g) * 40], dim=1)
+    scores = torch.rand(50, generator=g)
+    full = fe.boxes.nms(boxes, scores, 0.5)
+    assert torch.equal(W.kept_proposals(boxes, scores, 0.5, 1000), full)
+    assert torch.equal(W.kept_proposals(boxes, scores, 0.5, 5), full[:5])
+    assert len(W.kept_proposals(boxes, scores, 1.0, 1000)) == 50              # IoU > 1: none suppressed
+
+
+def test_pooling_bins_and_pool_one_roi():
+    features = torch.randn(2, 8, 8)
+    bins = W.pooling_bins((16, 16, 79, 63), 3, 1 / 16, (8, 8))
+    assert (bins["h_starts"], bins["h_ends"], bins["w_starts"], bins["w_ends"]) == \
+        tuple(fe.roi.roi_pool_bins(torch.tensor([16.0, 16, 79, 63]), (3, 3), 1 / 16, (8, 8)))
+    assert bins["cells"] == (1, 1, 6, 5) and bins["empty"] == 0               # cells 1..5, rows 1..4
+    off = W.pooling_bins((96, 96, 180, 180), 3, 1 / 16, (8, 8))              # cells 6..11 on an 8-map
+    assert off["empty"] == 8 and off["cells"] == (6, 6, 8, 8)                # 1 of 3 x 3 bins left
+    rois = torch.tensor([[0.0, 16, 16, 79, 63]])
+    torch.testing.assert_close(W.pool_one_roi(features, (16, 16, 79, 63), (3, 3), 1 / 16),
+                               fe.roi.roi_pool(features[None], rois, 3, 1 / 16)[0])
+
+
+def test_jittered_proposals_cover_the_ground_truth():
+    gt = torch.tensor([[40.0, 40.0, 100.0, 120.0], [150.0, 20.0, 200.0, 60.0]])
+    boxes, scores = W.jittered_proposals(gt, (256, 256))
+    assert boxes.shape[1] == 4 and len(boxes) == len(scores) > 100
+    assert bool((scores[:-1] >= scores[1:]).all())                          # best first
+    assert bool((boxes >= 0).all()) and bool((boxes[:, 2] <= 256).all())
+    assert W.recall_of(boxes, gt) == {0.5: 1.0, 0.7: 1.0}
+
+
+# ----------------------------------------------------------------------------------------------
+# The explorers
+# ----------------------------------------------------------------------------------------------
+def test_anchor_explorer(small_image):
+    ex = W.anchor_explorer(small_image, sizes=(32, 64, 128), position=(5, 4))
+    assert set(ex.controls) == {"size1", "size2", "size3", "ratios", "stride", "x", "y", "backbone"}
+    assert {id(c) for c in ex.controls.values()} <= _widget_names(ex)
+    s = ex.state
+    assert s["feature_size"] == (13, 19) and s["k"] == 9 and s["total_anchors"] == 13 * 19 * 9
+    assert s["receptive_field"] == 171
+    assert len(ex.ax.patches) == 9 + 2                                      # anchors, window, field
+    anchors_before, png_before, count = s["anchors"].clone(), ex.png, ex.redraw_count
+
+    ex.controls["x"].value = 7                                              # move 2 cells right
+    assert ex.redraw_count == count + 1 and ex.png != png_before
+    assert ex.state["position"] == (7, 4)
+    torch.testing.assert_close(ex.state["anchors"], anchors_before + torch.tensor([32.0, 0, 32, 0]))
+
+    ex.controls["ratios"].value = (1.0, 2.0)                                # k = 6
+    assert ex.state["k"] == 6 and len(ex.ax.patches) == 6 + 2
+    ex.controls["backbone"].value = None                                    # no receptive field
+    assert ex.state["receptive_field"] is None and len(ex.ax.patches) == 6 + 1
+    ex.controls["backbone"].value = "vgg16"
+    assert ex.state["receptive_field"] == 228 and len(ex.ax.patches) == 6 + 2
+
+    ex.controls["size3"].value = 512                                        # huge anchor: crosses
+    assert ex.state["sizes"] == (32, 64, 512) and ex.state["cross_boundary"] >= 2
+
+    ex.controls["stride"].value = 32                                        # map shrinks, x follows
+    assert ex.state["feature_size"] == (7, 10)
+    assert ex.controls["x"].max == 9 and ex.controls["y"].max == 6
+    x, y = ex.state["position"]
+    assert 0 <= x <= 9 and 0 <= y <= 6
+    assert ex.state["centre"] == ((x + 0.5) * 32, (y + 0.5) * 32)
+
+    ex.controls["ratios"].value = ()                                        # nothing selected
+    assert ex.state["k"] == 0 and len(ex.ax.patches) == 2
+
+
+def test_anchor_explorer_default_photo_and_display():
+    ex = W.anchor_explorer()
+    assert ex.image.shape[-2:] == (600, 902)                                # shorter side 600
+    assert ex.state["feature_size"] == (38, 57) and ex.state["k"] == 9
+    bundle = ex._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert ex.png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_assignment_explorer():
+    ex = W.assignment_explorer()
+    c = ex.controls
+    counts = ex.state["counts"]
+    assert sum(counts.values()) == len(ex.anchors) == 16 * 16 * 9
+    assert counts["positive"] >= 1                                          # the highest-IoU rule
+    assert len(ex.ax.patches) == counts["positive"] + 1                     # positives + the box
+
+    c["pos_iou"].value = 0.35                                               # more positives
+    assert ex.state["counts"]["positive"] > counts["positive"]
+    assert len(ex.ax.patches) == ex.state["counts"]["positive"] + 1
+    assert set(ex.state["by_best_rule"]) <= set(ex.state["positive"])
+
+    c["neg_iou"].value = 0.6                                                # above pos: pos follows
+    assert c["pos_iou"].value == pytest.approx(0.6)
+    ex.set(pos_iou=0.7, neg_iou=0.3)
+    with pytest.raises(ValueError, match="unknown control"):
+        ex.set(iou=0.5)
+
+    before = ex.state["counts"]["ignored"]
+    c["cross_boundary"].value = "use"                                       # border anchors count
+    assert ex.state["counts"]["ignored"] < before
+
+    count = ex.redraw_count
+    ex.set(x=104, y=104, w=64, h=64)                                        # one redraw for four
+    assert ex.redraw_count == count + 1
+    gt = ex.state["gt_box"].tolist()
+    assert gt == [104, 104, 168, 168]
+    labels, _ = fe.rpn.assign_anchor_targets(ex.anchors, ex.state["gt_box"][None], (256, 256),
+                                             allowed_border=float("inf"), sample=False)
+    assert torch.equal(ex.state["labels"], labels)
+    # a 64 x 64 box on the stride-16 grid matches a 64 x 64 anchor exactly: IoU 1, no rule (i) needed
+    assert 1.0 in ex.state["max_iou"].tolist() and ex.state["by_best_rule"] == []
+
+
+def test_proposal_explorer_given_boxes(small_image):
+    gt = torch.tensor([[10.0, 10.0, 60.0, 60.0], [150.0, 100.0, 250.0, 180.0]])
+    boxes = torch.tensor([[10.0, 10.0, 60.0, 60.0],      # 0: gt 0 exactly
+                          [12.0, 12.0, 62.0, 62.0],      # 1: IoU 0.85 with box 0
+                          [20.0, 20.0, 70.0, 70.0],      # 2: IoU 0.47 with box 0
+                          [160.0, 100.0, 250.0, 180.0],  # 3: IoU 0.9 with gt 1
+                          [0.0, 150.0, 30.0, 190.0]])    # 4: background
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5])
+    ex = W.proposal_explorer(small_image, gt, boxes, scores, top_n=5)
+    assert ex.state["source"] == "given proposals"
+    assert ex.state["kept"] == [0, 2, 3, 4] and ex.state["num_after_nms"] == 4
+    assert ex.state["recall"] == {0.5: 1.0, 0.7: 1.0}
+    assert len(ex.ax.patches) == 4 + 2                                      # kept + ground truth
+
+    ex.controls["nms_iou"].value = 0.4                                      # box 2 goes too
+    assert ex.state["kept"] == [0, 3, 4] and len(ex.ax.patches) == 3 + 2
+    ex.controls["nms_iou"].value = 0.9                                      # nothing suppressed
+    assert ex.state["kept"] == [0, 1, 2, 3, 4]
+    ex.controls["top_n"].value = 2                                          # gt 1 is lost
+    assert ex.state["kept"] == [0, 1] and ex.state["recall"] == {0.5: 0.5, 0.7: 0.5}
+    assert len(ex.ax.patches) == 2 + 2
+
+
+def test_proposal_explorer_defaults_without_checkpoint(tmp_path):
+    ex = W.proposal_explorer(checkpoint=tmp_path / "missing.pt")
+    assert ex.state["source"].startswith("random boxes jittered")
+    n_before = len(ex.state["kept"])
+    ex.controls["nms_iou"].value = 0.3                                      # stricter NMS
+    assert ex.state["num_after_nms"] < ex.state["num_proposals"]
+    assert len(ex.state["kept"]) <= n_before
+    assert len(ex.ax.patches) == len(ex.state["kept"]) + len(ex.gt_boxes)
+
+
+def test_proposal_explorer_from_a_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = fe.FasterRCNN.from_preset("shapes_tiny", num_classes=5).eval()
+    image, _ = W.shapes_sample()
+    # proposals_before_nms switches the RPN's NMS off and restores it
+    boxes, scores = W.proposals_before_nms(model, image)
+    assert model.rpn.nms_iou == 0.7 and model.rpn.post_nms_top_n["test"] == 300
+    after = model.propose([image])[0]
+    assert len(after["boxes"]) <= 300 < len(boxes)
+    keep = fe.boxes.nms(boxes, scores, 0.7)[:300]
+    torch.testing.assert_close(boxes[keep], after["boxes"])
+    # the explorer loads a checkpoint file (by default the shipped data/checkpoints/shapes_tiny.pt)
+    path = fe.save_checkpoint(tmp_path / "tiny.pt", model)
+    ex = W.proposal_explorer(checkpoint=path, top_n=1000)
+    assert ex.state["source"] == "RPN of tiny.pt, before NMS"
+    torch.testing.assert_close(ex.boxes, boxes)
+    assert ex.state["kept"] == fe.boxes.nms(boxes, scores, 0.7)[:1000].tolist()
+    ex.controls["nms_iou"].value = 0.5
+    assert ex.state["kept"] == fe.boxes.nms(boxes, scores, 0.5)[:1000].tolist()
+
+
+def test_roi_pool_explorer(small_image):
+    ex = W.roi_pool_explorer(small_image, roi=(32, 32, 111, 95), output_size=3)
+    s = ex.state
+    assert s["feature_size"] == (13, 19) and s["pooled"].shape == (1, 3, 3)
+    assert s["bins"]["cells"] == (2, 2, 8, 7) and s["empty_bins"] == 0
+    assert len(ex.ax.patches) == 9 + 2                                      # bins, snapped, RoI
+    torch.testing.assert_close(s["pooled"], W.pool_one_roi(ex.features, s["roi"], 3, 1 / 16))
+
+    ex.controls["output_size"].value = 7
+    assert ex.state["pooled"].shape == (1, 7, 7) and len(ex.ax.patches) == 49 + 2
+    ex.controls["x2"].value = 300                                           # to the right border
+    ex.controls["x1"].value = 250                                           # RoI cells 16..19: 19 is off
+    assert ex.state["empty_bins"] > 0
+    assert len(ex.ax.patches) == 49 - ex.state["empty_bins"] + 2
+    empty = [(i, j) for i in range(7) for j in range(7)
+             if ex.state["bins"]["w_ends"][j] <= ex.state["bins"]["w_starts"][j]]
+    assert empty and all(float(ex.state["pooled"][0, i, j]) == 0.0 for i, j in empty)
+
+
+def test_roi_pool_explorer_with_own_features(small_image):
+    features = torch.randn(4, 13, 19)
+    ex = W.roi_pool_explorer(small_image, features=features, output_size=2)
+    assert "channel" in ex.controls and ex.state["pooled"].shape == (4, 2, 2)
+    png = ex.png
+    ex.controls["channel"].value = 3
+    assert ex.png != png
+    with pytest.raises(ValueError, match="features must be"):
+        W.roi_pool_explorer(small_image, features=torch.randn(13, 19))
+    with pytest.raises(ValueError, match="image must be"):
+        W.anchor_explorer(torch.rand(200, 300))
