@@ -40,7 +40,7 @@ def train_torchvision(model, dataset, *, iters: int, batch_size: int, lr: float,
         targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
         losses = model(images, targets)
         loss = sum(losses.values())
-        if not math.isfinite(float(loss)):
+        if not math.isfinite(float(loss.detach())):
             raise FloatingPointError(f"torchvision training diverged at iteration {iteration}: {losses}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

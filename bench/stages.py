@@ -148,6 +148,6 @@ def staged_training_step(model, optimizer, images, targets, sync) -> tuple[dict,
     laps.lap("backward")
     optimizer.step()
     laps.lap("SGD step")
-    losses = {"loss_rpn_cls": float(loss_rpn_cls), "loss_rpn_box": float(loss_rpn_box),
-              "loss_cls": float(loss_cls), "loss_box": float(loss_box)}
+    losses = {"loss_rpn_cls": float(loss_rpn_cls.detach()), "loss_rpn_box": float(loss_rpn_box.detach()),
+              "loss_cls": float(loss_cls.detach()), "loss_box": float(loss_box.detach())}
     return laps.times, losses

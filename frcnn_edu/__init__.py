@@ -12,3 +12,13 @@ from .config import FasterRCNNConfig, get_preset  # noqa: F401
 from .faster_rcnn import FasterRCNN  # noqa: F401
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # Modules that pull in matplotlib, ipywidgets or tqdm load on first use: `fe.widgets` works
+    # after a plain `import frcnn_edu as fe` without slowing that import down.
+    if name in ("checkpoints", "cli", "exercises", "predict", "samples", "train", "viz", "widgets"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

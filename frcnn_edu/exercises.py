@@ -651,10 +651,12 @@ def _assign_cases() -> list:
              (_boxes([[0, 0, 10, 10], [30, 30, 40, 40]]), _boxes([[0, 0, 10, 5]]), (60, 60), 0.7, 0.3),
              "each ground-truth box makes its highest-IoU anchor(s) positive even below pos_iou."),
         Case("two anchors tie for the best IoU",
-             (_boxes([[0, 0, 10, 10], [10, 0, 20, 10], [40, 40, 50, 50]]), _boxes([[5, 0, 15, 10]]), (60, 60), 0.7, 0.3),
+             (_boxes([[0, 0, 10, 10], [10, 0, 20, 10], [40, 40, 50, 50]]), _boxes([[5, 0, 15, 10]]),
+              (60, 60), 0.7, 0.3),
              "ties: every anchor whose IoU equals the box's best IoU is positive."),
         Case("an anchor crossing the image boundary",
-             (_boxes([[-2, 0, 18, 20], [0, 0, 20, 20], [30, 30, 50, 50]]), _boxes([[0, 0, 18, 20]]), (60, 60), 0.7, 0.3),
+             (_boxes([[-2, 0, 18, 20], [0, 0, 20, 20], [30, 30, 50, 50]]), _boxes([[0, 0, 18, 20]]),
+              (60, 60), 0.7, 0.3),
              "anchors that cross the image boundary are ignored (-1), whatever their IoU; the best "
              "anchor of a box is chosen among the anchors inside the image."),
         Case("an image with no ground-truth boxes (empty gt_boxes)",
@@ -680,7 +682,7 @@ def _why(anchors, gt_boxes, image_size, pos_iou, neg_iou, a: int, label: int) ->
     if not inside:
         return f"anchor {a} crosses the image boundary (image (H, W) = {tuple(image_size)}), so it is ignored."
     if len(gt_boxes) == 0:
-        return f"there are no ground-truth boxes, so every inside anchor is negative."
+        return "there are no ground-truth boxes, so every inside anchor is negative."
     iou = box_ops.box_iou(anchors, gt_boxes)
     iou_inside = torch.where(anchor_ops.inside_image(anchors, image_size)[:, None], iou,
                              torch.full_like(iou, -1.0))
@@ -689,7 +691,8 @@ def _why(anchors, gt_boxes, image_size, pos_iou, neg_iou, a: int, label: int) ->
     best = iou_inside.max(dim=0).values
     winners = [j for j in range(len(gt_boxes)) if best[j] > 0 and float(iou_inside[a, j]) == float(best[j])]
     if label == 1 and float(iou[a].max()) <= pos_iou and winners:
-        return text + f"; it is the highest-IoU anchor of box {winners[0]} (IoU {float(best[winners[0]]):.3f}), so it is positive."
+        g = winners[0]
+        return text + f"; it is the highest-IoU anchor of box {g} (IoU {float(best[g]):.3f}), so it is positive."
     if label == 1:
         return text + f"; one is > pos_iou = {pos_iou}, so it is positive."
     if label == 0:

@@ -362,15 +362,16 @@ class AnchorExplorer(_Explorer):
         height, width = self.image.shape[-2:]
         fh, fw = feature_map_size((height, width), stride)
         x, y = position if position is not None else (fw // 2, fh // 2)
-        options = list(RATIO_OPTIONS) + [(f"h/w {r:g}", float(r)) for r in ratios
-                                         if float(r) not in dict((v, 1) for _, v in RATIO_OPTIONS)]
+        known = {value for _, value in RATIO_OPTIONS}
+        options = list(RATIO_OPTIONS) + [(f"h/w {r:g}", float(r)) for r in ratios if float(r) not in known]
         controls = {f"size{i + 1}": _slider(widgets.IntSlider, f"anchor size {i + 1}", int(s), 8, 1024, 8)
                     for i, s in enumerate(sizes)}
         controls["ratios"] = widgets.SelectMultiple(
             options=options, value=tuple(float(r) for r in ratios), rows=len(options),
             description="ratios", style={"description_width": "90px"}, layout=widgets.Layout(width="310px"))
         controls["stride"] = widgets.SelectionSlider(
-            options=[4, 8, 16, 32], value=stride, description="stride", continuous_update=False,
+            options=sorted({4, 8, 16, 32, int(stride)}), value=int(stride), description="stride",
+            continuous_update=False,
             style={"description_width": "90px"}, layout=widgets.Layout(width="310px"))
         controls["x"] = _slider(widgets.IntSlider, "x (column)", x, 0, fw - 1)
         controls["y"] = _slider(widgets.IntSlider, "y (row)", y, 0, fh - 1)
