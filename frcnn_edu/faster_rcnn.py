@@ -256,7 +256,7 @@ class FasterRCNN(nn.Module):
         """Only the RPN's two losses (step 1 and 3 of the 4-step alternating training)."""
         batch, targets = self.preprocess(images, targets)
         features = self.backbone(batch.tensors)
-        _, _, losses = self.rpn(features, batch.image_sizes, targets, min_sizes=self._min_sizes(batch))
+        _, _, losses = self.rpn(features, batch.image_sizes, targets, return_proposals=False)
         return losses
 
     def set_generator(self, generator: torch.Generator | None) -> None:

@@ -250,7 +250,8 @@ def generate_proposals(objectness: torch.Tensor, deltas: torch.Tensor, anchors: 
 class RegionProposalNetwork(nn.Module):
     """Head + anchors + targets + loss + proposals.
 
-    forward(features (B, C, H, W), image_sizes [(h, w)] x B, targets=None, min_sizes=None)
+    forward(features (B, C, H, W), image_sizes [(h, w)] x B, targets=None, min_sizes=0,
+            return_proposals=True)
       training: returns (proposals [(P_i, 4)], scores [(P_i,)], {"loss_rpn_cls", "loss_rpn_box"});
       eval:     returns (proposals, scores, {}).
     Proposals are in the coordinates of the network's input (the resized image) and are
@@ -278,7 +279,8 @@ class RegionProposalNetwork(nn.Module):
         self.nms_iou, self.nms_impl = nms_iou, nms_impl
         self.generator: torch.Generator | None = None   # set by the trainer for reproducible sampling
 
-    def forward(self, features: torch.Tensor, image_sizes, targets=None, min_sizes=0.0):
+    def forward(self, features: torch.Tensor, image_sizes, targets=None, min_sizes=0.0,
+                return_proposals: bool = True):
         scores_map, deltas_map = self.head(features)
         height, width = features.shape[-2:]
         anchors = self.anchor_generator((height, width), device=features.device, dtype=features.dtype)
@@ -286,7 +288,8 @@ class RegionProposalNetwork(nn.Module):
         deltas = flatten_head_output(deltas_map, 4)                                  # (B, A, 4)
 
         phase = "train" if self.training else "test"
-        with torch.no_grad():
+        proposals, proposal_scores = [], []
+        if return_proposals:   # training the RPN alone needs only the losses
             proposals, proposal_scores = generate_proposals(
                 objectness_logit(scores.detach()), deltas.detach(), anchors, image_sizes,
                 pre_nms_top_n=self.pre_nms_top_n[phase], post_nms_top_n=self.post_nms_top_n[phase],
