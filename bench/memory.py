@@ -52,9 +52,13 @@ def measure(system: str, device: torch.device, batch_size: int, threads: int | N
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
+    # Both processes build both models and drop the other one, so that they have the same history
+    # (memory freed before the steps can stay resident and be reused; it must be the same for both).
     ours = frcnn_edu_model("shapes_tiny", 5, rpn_objectness="sigmoid")
-    model = ours if system == "frcnn_edu" else torchvision_twin(ours)
-    del ours
+    twin = torchvision_twin(ours)
+    model = ours if system == "frcnn_edu" else twin
+    del ours, twin
+    gc.collect()
     model.to(device).train()
     images, targets = to_device(*shapes_batch(batch_size, (256, 256)), device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
@@ -100,7 +104,8 @@ def measure_in_subprocess(system: str, device: torch.device, batch_size: int, th
     # on free, so RSS follows live memory. (By default the threshold grows after frees, up to
     # 32 MiB, and freed tensors stay resident in the heap: the peak then depends on history.)
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # where `bench` is importable
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=root)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -55,6 +55,7 @@ class Settings:
     train_reps_tiny: int = 5
     train_stage_reps_vgg: int = 1
     train_stage_reps_tiny: int = 3
+    train_stage_batch_tiny: int = 8
     memory_batch: int = 8
     memory_runs: int = 3
     matmul_sizes: tuple = (2048, 4096)
@@ -76,11 +77,12 @@ class Settings:
                                                                  "representation_size": 1024},
                        train_batches_tiny=(2,), memory_batch=2, memory_runs=1, matmul_sizes=(1024,), inf_reps_vgg=1, inf_reps_tiny=2, stage_reps_vgg=1,
                        stage_reps_tiny=1, conv_reps=1, train_reps_vgg=1, train_reps_tiny=1,
-                       train_stage_reps_tiny=1, acc_seeds=2, acc_iters=4, acc_batch=2, acc_warmup=1,
-                       acc_train_images=8, acc_test_images=8, quick=True,
+                       train_stage_reps_tiny=1, acc_seeds=2, acc_iters=2, acc_batch=2, acc_warmup=1,
+                       warmup=0, train_stage_batch_tiny=2,
+                       acc_train_images=6, acc_test_images=4, quick=True,
                        notes=["--quick: VGG-16 at 128 x 192 with fc6/fc7 of 1024, 50 test proposals and "
-                              "16 RoIs per image in training; one repetition; memory at batch 2; 4 "
-                              "training iterations: a smoke test, NOT comparable numbers"])
+                              "16 RoIs per image in training; no warm-up, one repetition; batch 2 for "
+                              "memory and the training stages; 2 training iterations: a smoke test, NOT comparable numbers"])
         if device.type == "cuda":
             return cls(inf_reps_vgg=20, inf_reps_tiny=30, stage_reps_vgg=10, stage_reps_tiny=20,
                        conv_reps=10, train_batches_vgg=(2, 8), train_reps_vgg=5, train_reps_tiny=10,
@@ -221,7 +223,7 @@ class Bench:
         self.add("fp32 matmul throughput: " + "; ".join(
             f"{r['n']}x{r['n']} ({r['reps']} reps) median {r['median']:.1f}, best {r['best']:.1f} GFLOP/s"
             for r in rates) + f". The floor divides by the best: **{best:.1f} GFLOP/s**. (Where the conv "
-            f"stack below runs faster than this, MKL-DNN's convolutions beat the matmul reference: the "
+            f"stack below runs faster than this, oneDNN's convolutions beat the matmul reference: the "
             f"floor is an estimate, not a hard bound.)\n")
         self.add(table(["configuration", "feature map", "backbone GFLOP", "RPN head GFLOP",
                         f"fc6/fc7/outputs on {nominal['num_rois']} RoIs GFLOP", "total GFLOP", "floor (ms)"], rows))
@@ -377,31 +379,34 @@ class Bench:
         # Training: one step split into stages, frcnn_edu only.
         for key, label, batch_size, reps in (
                 ("vgg", self.configs()[0]["label"], 2, self.s.train_stage_reps_vgg),
-                ("tiny", "shapes_tiny (256x256)", 8, self.s.train_stage_reps_tiny)):
+                ("tiny", "shapes_tiny (256x256)", self.s.train_stage_batch_tiny, self.s.train_stage_reps_tiny)):
             cfg = next(c for c in self.configs() if c["key"] == key)
             ours, _ = self.timing_pair(cfg["preset"], cfg["num_classes"], **cfg["changes"])
             ours.train()
             optimizer = torch.optim.SGD(ours.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
             images, targets = cfg["images"](batch_size, seed=1)
             runs = []
-            for i in range(1 + reps):
+            for i in range(self.s.warmup + reps):
                 times, _ = stages.staged_training_step(ours, optimizer, images, targets, self.sync)
-                if i >= 1:
+                if i >= self.s.warmup:
                     runs.append(times)
             med = median_laps(runs)
             total = sum(med.values())
             self.results["stages"][f"train_{key}"] = {"stages": med, "total": total}
             rows = [[name, ms(t), f"{100 * t / total:.1f}%"] for name, t in med.items()]
             rows.append(["**total**", f"**{ms(total)}**", "100%"])
-            self.add(f"\n### One training step, {label}, batch {batch_size} ({reps} rep(s) after 1 warm-up)\n")
+            self.add(f"### One training step, {label}, batch {batch_size} ({reps} rep(s) after {self.s.warmup} "
+                     f"warm-up step(s))")
             self.add(table(["stage", "median (ms)", "share"], rows))
             del ours, optimizer
 
     def section_training(self) -> None:
         self.add("## Training step time (forward + backward + SGD step)\n")
-        self.add("SGD lr 1e-4, momentum 0.9, weight decay 5e-4 for both; same images and targets "
+        self.add("SGD lr 1e-4, momentum 0.9, weight decay 5e-4 for all; same images and targets "
                  "(shapes images at the configuration's size); frcnn_edu with `rpn_objectness=\"sigmoid\"` "
-                 "and the paper's dropout 0.5 (VGG), torchvision's TwoMLPHead has none.\n")
+                 "and the paper's dropout 0.5 (VGG), torchvision's TwoMLPHead has none. All layers are "
+                 "trained (random weights: the paper freezes conv1-conv2 only when starting from ImageNet). "
+                 "The channels_last column is frcnn_edu with the whole model converted (a suggestion).\n")
         rows = []
         self.results["training"] = {}
         plan = [(c, b) for c in self.configs() for b in
@@ -424,17 +429,19 @@ class Bench:
                     return float(loss.detach())
                 return step
 
-            result = compare({"frcnn_edu": step_fn(ours), "torchvision": step_fn(tv)},
+            ours_cl = copy.deepcopy(ours).to(memory_format=torch.channels_last)
+            result = compare({"frcnn_edu": step_fn(ours), "torchvision": step_fn(tv),
+                              "frcnn_edu channels_last": step_fn(ours_cl)},
                              warmup=self.s.warmup, reps=reps, sync=self.sync)
-            a, b = result["frcnn_edu"]["median"], result["torchvision"]["median"]
-            self.results["training"][f"{cfg['key']}_b{batch_size}"] = {"frcnn_edu": a, "torchvision": b, "ratio": a / b}
-            finite = all(v == v and abs(v) != float("inf") for v in
-                         (result["frcnn_edu"]["last"], result["torchvision"]["last"]))
-            rows.append([cfg["label"], batch_size, ms(a), ms(b), f"**{a / b:.3f}**", reps,
-                         "yes" if finite else "**NO**"])
-            del ours, tv
-        self.add(table(["configuration", "batch", "frcnn_edu (ms)", "torchvision (ms)", "ratio", "reps",
-                        "losses finite"], rows))
+            a, b, c = (result[k]["median"] for k in ("frcnn_edu", "torchvision", "frcnn_edu channels_last"))
+            self.results["training"][f"{cfg['key']}_b{batch_size}"] = {"frcnn_edu": a, "torchvision": b,
+                                                                      "channels_last": c, "ratio": a / b}
+            finite = all(v == v and abs(v) != float("inf") for v in (r["last"] for r in result.values()))
+            rows.append([cfg["label"], batch_size, ms(a), ms(b), f"**{a / b:.3f}**", ms(c), f"{c / b:.3f}",
+                         reps, "yes" if finite else "**NO**"])
+            del ours, tv, ours_cl
+        self.add(table(["configuration", "batch", "frcnn_edu (ms)", "torchvision (ms)", "ratio",
+                        "frcnn_edu channels_last (ms)", "ratio (channels_last)", "reps", "losses finite"], rows))
         if self.device.type == "cpu":
             self.add("\nVGG-16 batch 8 is measured on CUDA only (on a 2-core CPU one step takes minutes).\n")
 
