@@ -319,13 +319,15 @@ class Bench:
                                                      "ratio": a / b, "ratio_cl": c / b,
                                                      "last": result["frcnn_edu"]["last"]}
             dets = [len(result[k]["last"][0]["boxes"]) for k in ("frcnn_edu", "torchvision")]
+            spread = " / ".join(f"{ms(min(r['times']))}-{ms(max(r['times']))}" for r in result.values())
             rows.append([cfg["label"], ms(a), ms(b), f"**{a / b:.3f}**", ms(c), f"{c / b:.3f}",
                          f"{a / floor:.2f} / {b / floor:.2f} / {c / floor:.2f}", f"{dets[0]} / {dets[1]}",
-                         cfg["inf_reps"]])
+                         cfg["inf_reps"], spread])
             del ours, tv, ours_cl
         self.add(table(["configuration", "frcnn_edu (ms)", "torchvision (ms)", "ratio",
                         "frcnn_edu channels_last (ms)", "ratio (channels_last)",
-                        "x floor (edu / tv / edu-CL)", "detections (edu / tv)", "reps"], rows))
+                        "x floor (edu / tv / edu-CL)", "detections (edu / tv)", "reps",
+                        "min-max ms (edu / tv / edu-CL)"], rows))
 
     def section_stages(self) -> None:
         self.add("## Where the time goes (frcnn_edu)\n")
@@ -437,11 +439,13 @@ class Bench:
             self.results["training"][f"{cfg['key']}_b{batch_size}"] = {"frcnn_edu": a, "torchvision": b,
                                                                       "channels_last": c, "ratio": a / b}
             finite = all(v == v and abs(v) != float("inf") for v in (r["last"] for r in result.values()))
+            spread = " / ".join(f"{ms(min(r['times']))}-{ms(max(r['times']))}" for r in result.values())
             rows.append([cfg["label"], batch_size, ms(a), ms(b), f"**{a / b:.3f}**", ms(c), f"{c / b:.3f}",
-                         reps, "yes" if finite else "**NO**"])
+                         reps, spread, "yes" if finite else "**NO**"])
             del ours, tv, ours_cl
         self.add(table(["configuration", "batch", "frcnn_edu (ms)", "torchvision (ms)", "ratio",
-                        "frcnn_edu channels_last (ms)", "ratio (channels_last)", "reps", "losses finite"], rows))
+                        "frcnn_edu channels_last (ms)", "ratio (channels_last)", "reps",
+                        "min-max ms (edu / tv / edu-CL)", "losses finite"], rows))
         if self.device.type == "cpu":
             self.add("\nVGG-16 batch 8 is measured on CUDA only (on a 2-core CPU one step takes minutes).\n")
 
