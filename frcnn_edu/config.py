@@ -81,6 +81,11 @@ class FasterRCNNConfig:
       init_std: 0.01 for new layers ([P] Sec. 3.1.3), bbox_init_std: 0.001 for the detector's
         box regression layer [C].
       freeze_early_vgg: True — VGG-16 fine-tunes conv3_1 and up ([P] Sec. 3.1.3).
+
+    Speed (no effect on the maths)
+      channels_last: True — convolutions run in NHWC memory layout, which PyTorch's CPU and
+        cuDNN kernels execute faster (bench/: VGG-16 inference 0.86x the time of NCHW).
+      nms_impl: "fast" (torchvision's kernel) or "reference" (plain PyTorch).
     """
 
     backbone: str = "vgg16"
@@ -140,6 +145,7 @@ class FasterRCNNConfig:
     bbox_init_std: float = 0.001
     freeze_early_vgg: bool = True
     nms_impl: str = "fast"
+    channels_last: bool = True
 
     def __post_init__(self):
         self.validate()

@@ -84,6 +84,9 @@ class FasterRCNN(nn.Module):
             representation_size=config.representation_size, dropout=config.dropout,
             roi_pool_impl=config.roi_pool_impl, init_std=config.init_std,
             bbox_init_std=config.bbox_init_std)
+        if config.channels_last:   # NHWC: faster conv kernels on CPU and GPU (config.py)
+            self.backbone.to(memory_format=torch.channels_last)
+            self.rpn.head.to(memory_format=torch.channels_last)
         self.register_buffer("image_mean", torch.tensor(config.image_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(config.image_std).view(3, 1, 1), persistent=False)
         self.generator: torch.Generator | None = None   # reproducible sampling, set by the trainer
@@ -157,6 +160,8 @@ class FasterRCNN(nn.Module):
         batch = resized[0].new_zeros((len(resized), 3, pad_h, pad_w))
         for b, image in enumerate(resized):
             batch[b, :, : image.shape[1], : image.shape[2]] = image
+        if self.config.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         return ImageBatch(batch, sizes, scales, originals), (scaled_targets if targets is not None else None)
 
     # ------------------------------------------------------------------------------------------

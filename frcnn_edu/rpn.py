@@ -132,7 +132,7 @@ def assign_anchor_targets(anchors: torch.Tensor, gt_boxes: torch.Tensor, image_s
     An image with no boxes has only negatives (and ignored cross-boundary anchors).
     """
     num_anchors = anchors.shape[0]
-    inside = inside_image(anchors, image_size, allowed_border)
+    inside = inside_image(anchors, image_size, allowed_border, validate=False)
     labels = torch.full((num_anchors,), -1, dtype=torch.int64, device=anchors.device)
     if gt_boxes.shape[0] == 0:
         labels[inside] = 0
