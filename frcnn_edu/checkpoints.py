@@ -35,6 +35,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def save_checkpoint(path, model: FasterRCNN, training: dict | None = None) -> Path:
     """Write atomically (temporary file, then rename): an interrupted save never corrupts `path`."""
     path = Path(path)
+    if not isinstance(model.roi_head.fc6, torch.nn.Linear):
+        raise ValueError(f"not saving {path}: fc6/fc7 were compressed with truncated SVD, a "
+                         f"test-time transformation; save the model before compressing it")
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,

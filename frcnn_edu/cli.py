@@ -99,6 +99,12 @@ def cmd_eval(args) -> int:
     from .predict import evaluate_model
 
     model = load_model(args.checkpoint, device=args.device)
+    if args.svd:
+        try:
+            fc6_rank, fc7_rank = (int(r) for r in args.svd.split(","))
+            model.roi_head.compress(fc6_rank, fc7_rank)
+        except ValueError as error:
+            raise UsageError(f"--svd {args.svd!r}: {error} (expected FC6_RANK,FC7_RANK, e.g. 1024,256)") from None
     dataset = load_dataset(args.dataset, "eval", classes=model.class_names if args.dataset.startswith("voc") else None)
     if tuple(dataset.classes) != tuple(model.class_names):
         raise UsageError(f"checkpoint {args.checkpoint} was trained on classes {list(model.class_names)} "
@@ -243,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="shapes | voc:ROOT[:SPLIT] | coco:IMAGES_DIR:ANNOTATIONS_JSON")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--svd", metavar="FC6_RANK,FC7_RANK",
+                   help="compress fc6/fc7 by truncated SVD first (Fast R-CNN Sec. 3.1; paper: 1024,256)")
     common(p)
     p.set_defaults(func=cmd_eval)
 

@@ -4,6 +4,7 @@
   FastRCNNHead              RoI pooling -> fc6 -> fc7 -> (C+1)-way classifier + per-class boxes
   fast_rcnn_loss            cross-entropy + smooth L1 on foreground ([F] eq. 1)
   postprocess_detections    softmax, per-class decode, clip, threshold, per-class NMS, top 100
+  truncated_svd             fc6 / fc7 compressed for faster detection ([F] Sec. 3.1)
 """
 from __future__ import annotations
 
@@ -91,10 +92,48 @@ class FastRCNNHead(nn.Module):
 
     def forward(self, features: torch.Tensor, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pooled = roi_pool(features, rois, self.roi_output_size, self.spatial_scale,
-                          impl=self.roi_pool_impl, validate=False)   # rois built by the model                                   # (K, C, s, s)
+                          impl=self.roi_pool_impl, validate=False)   # (K, C, s, s); rois built by the model
         x = self.dropout(F.relu(self.fc6(pooled.flatten(1))))
         x = self.dropout(F.relu(self.fc7(x)))
         return self.cls_score(x), self.bbox_pred(x)
+
+    def compress(self, fc6_rank: int = 1024, fc7_rank: int = 256) -> "FastRCNNHead":
+        """Replace fc6 and fc7 by their truncated SVDs, in place ([F] Sec. 3.1, Table 7).
+
+        Fast R-CNN keeps the top 1024 singular values of VGG-16's fc6 (25088 x 4096) and the top
+        256 of fc7 (4096 x 4096): detection got about 30% faster for a 0.3 point mAP drop. A
+        test-time transformation: compress a trained model before evaluating it, not before
+        training it. Returns self.
+        """
+        self.fc6 = truncated_svd(self.fc6, fc6_rank)
+        self.fc7 = truncated_svd(self.fc7, fc7_rank)
+        return self
+
+
+def truncated_svd(layer: nn.Linear, rank: int) -> nn.Sequential:
+    """A fully connected layer y = W x + b, W (u, v), as two thinner layers ([F] Sec. 3.1).
+
+    W ~ U_t S_t V_t^T keeps the t largest singular values: the first layer multiplies by
+    S_t V_t^T (t, v), without bias, the second by U_t (u, t), with the original bias. The
+    parameter count drops from u v to t (u + v); with t = min(u, v) the result is exact up to
+    rounding.
+    """
+    if not isinstance(layer, nn.Linear):
+        raise ValueError(f"truncated_svd needs an nn.Linear, got {type(layer).__name__} "
+                         f"(was the head compressed already?)")
+    out_features, in_features = layer.weight.shape
+    if not 1 <= rank <= min(out_features, in_features):
+        raise ValueError(f"rank must lie in [1, {min(out_features, in_features)}] for a "
+                         f"{in_features} -> {out_features} layer, got {rank}")
+    with torch.no_grad():
+        u, s, vh = torch.linalg.svd(layer.weight.double(), full_matrices=False)  # (u, r), (r,), (r, v)
+        first = nn.Linear(in_features, rank, bias=False)
+        second = nn.Linear(rank, out_features, bias=layer.bias is not None)
+        first.weight.copy_(s[:rank, None] * vh[:rank])                          # S_t V_t^T (t, v)
+        second.weight.copy_(u[:, :rank])                                         # U_t (u, t)
+        if layer.bias is not None:
+            second.bias.copy_(layer.bias)
+    return nn.Sequential(first, second).to(layer.weight.device, layer.weight.dtype)
 
 
 def fast_rcnn_loss(class_logits: torch.Tensor, box_deltas: torch.Tensor, labels: torch.Tensor,

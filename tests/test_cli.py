@@ -98,3 +98,17 @@ def test_unreadable_checkpoint_is_a_clear_error(tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     assert main(["eval", "--checkpoint", str(bad), "--dataset", "shapes:1:2"]) == 2
     assert "could not be read" in capsys.readouterr().err
+
+
+def test_eval_with_truncated_svd(tmp_path, checkpoint, capsys):
+    """--svd at full rank gives the dense model's mAP; an impossible rank exits 2."""
+    dense, svd = tmp_path / "dense.json", tmp_path / "svd.json"
+    common = ["--dataset", "shapes:1:4", "--quiet", "--device", "cpu"]
+    assert main(["eval", "--checkpoint", str(checkpoint), "--json", str(dense), *common]) == 0
+    rank = get_preset("shapes_tiny").representation_size
+    assert main(["eval", "--checkpoint", str(checkpoint), "--svd", f"{rank},{rank}", "--json", str(svd), *common]) == 0
+    a, b = json.loads(dense.read_text()), json.loads(svd.read_text())
+    assert a["mAP"] == pytest.approx(b["mAP"], abs=1e-3)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(checkpoint), "--svd", "0,8", *common]) == 2
+    assert "rank must lie in" in capsys.readouterr().err

@@ -264,3 +264,70 @@ def test_postprocess_empty():
                                                    torch.zeros(0, 4), (50, 50))
     assert boxes.shape == (0, 4) and labels.shape == (0,) and scores.shape == (0,)
     assert labels.dtype == torch.int64
+
+
+# ---------------------------------------------------------------------------------------------
+# Truncated SVD of fc6 / fc7 ([F] Sec. 3.1)
+# ---------------------------------------------------------------------------------------------
+def test_truncated_svd_at_full_rank_is_the_same_layer():
+    from frcnn_edu.fast_rcnn import truncated_svd
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(48, 20)
+    compressed = truncated_svd(layer, 20)
+    x = torch.randn(7, 48)
+    torch.testing.assert_close(compressed(x), layer(x), atol=1e-5, rtol=1e-5)
+    assert compressed[0].bias is None and compressed[1].bias is not None
+
+
+def test_truncated_svd_parameter_count_and_error_shrink_with_rank():
+    from frcnn_edu.fast_rcnn import truncated_svd
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 32)
+    x = torch.randn(50, 64)
+    errors = []
+    for rank in (4, 8, 16, 32):
+        compressed = truncated_svd(layer, rank)
+        weights = sum(m.weight.numel() for m in compressed)
+        assert weights == rank * (64 + 32)   # t (u + v) instead of u v
+        errors.append((compressed(x) - layer(x)).norm().item())
+    assert errors == sorted(errors, reverse=True) and errors[-1] < 1e-3 < errors[0]
+    # The best rank-t approximation: the error is the norm of the dropped singular values.
+    s = torch.linalg.svdvals(layer.weight.double())
+    rank8 = truncated_svd(layer, 8)
+    w8 = (rank8[1].weight @ rank8[0].weight).double()
+    assert math.isclose((w8 - layer.weight.double()).norm().item(), s[8:].norm().item(), rel_tol=1e-4)
+
+
+def test_truncated_svd_rejects_bad_ranks_and_double_compression():
+    from frcnn_edu.fast_rcnn import truncated_svd
+
+    layer = torch.nn.Linear(10, 6)
+    for rank in (0, 7):
+        with pytest.raises(ValueError, match=r"rank must lie in \[1, 6\]"):
+            truncated_svd(layer, rank)
+    head = FastRCNNHead(8, 3, roi_output_size=2, representation_size=16).compress(8, 4)
+    with pytest.raises(ValueError, match="compressed already"):
+        head.compress(8, 4)
+
+
+def test_compressed_head_keeps_the_detections_of_a_model_and_cannot_be_saved(tmp_path):
+    from frcnn_edu import FasterRCNN
+    from frcnn_edu.checkpoints import save_checkpoint
+
+    torch.manual_seed(0)
+    model = FasterRCNN.from_preset("shapes_tiny", num_classes=3).eval()
+    image = torch.rand(3, 96, 128)
+    with torch.no_grad():
+        features = torch.rand(1, model.backbone.out_channels, 6, 8)
+        rois = T([[0, 4, 4, 60, 50], [0, 10, 20, 90, 80]])
+        dense = model.roi_head(features, rois)
+        fc6 = model.roi_head.fc6
+        model.roi_head.compress(min(fc6.weight.shape), model.config.representation_size)   # full rank
+        exact = model.roi_head(features, rois)
+        assert set(model([image])[0]) == {"boxes", "labels", "scores"}
+    for a, b in zip(dense, exact):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="truncated SVD"):
+        save_checkpoint(tmp_path / "m.pt", model)
