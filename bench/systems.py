@@ -59,6 +59,14 @@ def frcnn_edu_model(preset: str, num_classes: int, **changes) -> fe.FasterRCNN:
     return fe.FasterRCNN(num_classes, config=config, class_names=None)
 
 
+def nchw_copy(model: fe.FasterRCNN) -> fe.FasterRCNN:
+    """The same model (same weights, same mode) with channels_last=False: plain NCHW convolutions."""
+    twin = fe.FasterRCNN(model.num_classes, config=model.config.replace(channels_last=False),
+                         class_names=model.class_names)
+    twin.load_state_dict(model.state_dict())
+    return twin.to(next(model.parameters()).device).train(model.training)
+
+
 def torchvision_twin(model: fe.FasterRCNN, copy_weights: bool = True) -> TVFasterRCNN:
     """torchvision's FasterRCNN configured like `model` (see the module docstring)."""
     cfg = model.config

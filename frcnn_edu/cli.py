@@ -89,7 +89,7 @@ def cmd_train(args) -> int:
     train(model, dataset, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
           schedule=args.schedule, checkpoint=out, checkpoint_every=args.checkpoint_every,
           resume=args.resume, device=args.device, seed=args.seed, log=log, warmup=args.warmup,
-          progress=not args.quiet)
+          progress=not args.quiet, amp=args.amp)
     print(f"trained in {time.perf_counter() - started:.0f} s; checkpoint {out}, losses {log}")
     return 0
 
@@ -240,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup", type=int, default=100, help="linear warm-up iterations")
     p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     common(p)
     p.set_defaults(func=cmd_train)
 

@@ -95,7 +95,8 @@ class FastRCNNHead(nn.Module):
                           impl=self.roi_pool_impl, validate=False)   # (K, C, s, s); rois built by the model
         x = self.dropout(F.relu(self.fc6(pooled.flatten(1))))
         x = self.dropout(F.relu(self.fc7(x)))
-        return self.cls_score(x), self.bbox_pred(x)
+        # float32 outputs also under torch.autocast: losses and box decoding need the range
+        return self.cls_score(x).float(), self.bbox_pred(x).float()
 
     def compress(self, fc6_rank: int = 1024, fc7_rank: int = 256) -> "FastRCNNHead":
         """Replace fc6 and fc7 by their truncated SVDs, in place ([F] Sec. 3.1, Table 7).

@@ -284,8 +284,10 @@ class RegionProposalNetwork(nn.Module):
         scores_map, deltas_map = self.head(features)
         height, width = features.shape[-2:]
         anchors = self.anchor_generator((height, width), device=features.device, dtype=features.dtype)
-        scores = flatten_head_output(scores_map, self.head.scores_per_anchor)       # (B, A, 2|1)
-        deltas = flatten_head_output(deltas_map, 4)                                  # (B, A, 4)
+        # Box arithmetic and losses in float32 also under mixed precision (torch.autocast):
+        # float16 cannot hold pixel coordinates of a 1000-px image to better than 0.5 px.
+        scores = flatten_head_output(scores_map, self.head.scores_per_anchor).float()   # (B, A, 2|1)
+        deltas = flatten_head_output(deltas_map, 4).float()                              # (B, A, 4)
 
         phase = "train" if self.training else "test"
         proposals, proposal_scores = [], []

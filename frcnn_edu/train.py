@@ -108,7 +108,7 @@ class _Stage:
 def train(model: FasterRCNN, dataset, *, iters: int, batch_size: int = 2, lr: float | None = None,
           schedule: str = "joint", checkpoint=None, checkpoint_every: int = 500, resume: bool = False,
           device="auto", seed: int = 0, log=None, progress: bool = True, warmup: int = 0,
-          log_every: int = 10, time_limit: float | None = None) -> list[dict]:
+          log_every: int = 10, time_limit: float | None = None, amp: bool = False) -> list[dict]:
     """Train `model` in place on `dataset` ((image, target) pairs). Returns the loss history.
 
     schedule: "joint" (approximate joint training), "alternating" (the 4 steps; `iters` is
@@ -116,14 +116,19 @@ def train(model: FasterRCNN, dataset, *, iters: int, batch_size: int = 2, lr: fl
     checkpoint: path rewritten every checkpoint_every iterations and at the end (with the
     optimizer, iteration and RNG state); resume=True continues from it. log: path of a JSON
     lines file with the averaged losses every log_every iterations. time_limit: stop early
-    (and checkpoint) after that many seconds.
+    (and checkpoint) after that many seconds. amp: mixed precision on CUDA (float16 convolutions
+    and matrix products under torch.autocast, a gradient scaler against underflow; box
+    arithmetic and losses stay float32).
     """
     if schedule not in STAGES:
         raise ValueError(f"schedule must be one of {sorted(STAGES)}, got {schedule!r}")
     if iters < 1 or batch_size < 1:
         raise ValueError(f"iters and batch_size must be positive, got {iters} and {batch_size}")
     device = resolve_device(device)
+    if amp and device.type != "cuda":
+        raise ValueError(f"amp=True (mixed precision) needs a CUDA device, got {device}")
     model.to(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     base_lr = lr if lr is not None else model.config.lr
     stage_names = STAGES[schedule]
     stage_iters = [iters // len(stage_names) + (1 if i < iters % len(stage_names) else 0)
@@ -204,11 +209,13 @@ def train(model: FasterRCNN, dataset, *, iters: int, batch_size: int = 2, lr: fl
                 images, targets = next(data)
                 images, targets = zip(*[flip(img, tgt) for img, tgt in zip(images, targets)])
                 stage.set_mode()
-                losses = stage.losses(list(images), list(targets))
+                with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                    losses = stage.losses(list(images), list(targets))
                 loss = sum(losses.values())
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()   # without amp: loss.backward(), optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
 
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + v.detach()

@@ -442,3 +442,56 @@ def test_resume_extends_a_finished_joint_run_and_refuses_a_mismatch(tmp_path, da
     with pytest.raises(ValueError, match="alternating|was not written"):
         train(make_model(), dataset, iters=8, batch_size=2, checkpoint=path, device="cpu",
               progress=False, schedule="alternating", resume=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA: the same model on the GPU (skipped without one)
+# ----------------------------------------------------------------------------------------------
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@needs_cuda
+def test_cuda_inference_matches_cpu():
+    model = make_model().eval()
+    images = [image(seed=1), image(48, 80, seed=2)]
+    with torch.no_grad():
+        on_cpu = model(images)
+        on_gpu = model.to("cuda")(images)   # CPU images: preprocess moves them to the model
+    for a, b in zip(on_cpu, on_gpu):
+        assert b["boxes"].is_cuda
+        assert a["boxes"].shape == b["boxes"].cpu().shape
+        torch.testing.assert_close(b["scores"].cpu(), a["scores"], atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(b["boxes"].cpu(), a["boxes"], atol=1e-2, rtol=1e-3)
+
+
+@needs_cuda
+def test_cuda_training_step_and_train(tmp_path, dataset):
+    model = make_model().to("cuda").train()
+    losses = model([image(seed=1), image(seed=2)], TARGETS)
+    assert set(losses) == LOSS_KEYS and all(v.is_cuda and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+    history = train(make_model(), dataset, iters=4, batch_size=2, device="cuda", progress=False,
+                    log_every=2, checkpoint=tmp_path / "gpu.pt")
+    assert len(history) == 2 and all(math.isfinite(r["loss"]) for r in history)
+    assert next(load_model(tmp_path / "gpu.pt", device="cpu").parameters()).device.type == "cpu"
+
+
+@needs_cuda
+def test_cuda_autocast_inference_runs():
+    model = make_model().to("cuda").eval()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):
+        out = model([image(seed=1)])
+    assert torch.isfinite(out[0]["scores"]).all()
+
+
+@needs_cuda
+def test_cuda_mixed_precision_training(dataset):
+    history = train(make_model(), dataset, iters=4, batch_size=2, device="cuda", amp=True,
+                    progress=False, log_every=2)
+    assert len(history) == 2 and all(math.isfinite(r["loss"]) for r in history)
+
+
+def test_mixed_precision_needs_cuda(dataset):
+    with pytest.raises(ValueError, match="amp=True .* needs a CUDA device"):
+        train(make_model(), dataset, iters=1, device="cpu", amp=True, progress=False)

@@ -421,3 +421,32 @@ def test_roi_pool_is_the_max_of_each_bin():
     out = R.roi_pool(features, rois, 2, 1.0)
     assert out[0, 0].tolist() == [[14.0, 16.0], [26.0, 28.0]]
     assert out[1, 0, 1, 1].item() == 0.0                     # a bin entirely off the map
+
+
+# ----------------------------------------------------------------------------------------------
+# Truncated SVD (09_fast_rcnn)
+# ----------------------------------------------------------------------------------------------
+def test_truncated_svd_parameter_count_and_factors():
+    """09_fast_rcnn: "W ≈ U_t Σ_t V_tᵀ ... first Σ_t V_tᵀ (t × v, no bias), then U_t (u × t, with
+    the original bias). The parameter count drops from u·v to t(u + v)"."""
+    from frcnn_edu.fast_rcnn import truncated_svd
+
+    torch.manual_seed(0)
+    layer = nn.Linear(40, 24)     # v = 40 inputs, u = 24 outputs
+    first, second = truncated_svd(layer, 5)
+    assert first.weight.shape == (5, 40) and first.bias is None
+    assert second.weight.shape == (24, 5) and torch.equal(second.bias, layer.bias)
+    assert first.weight.numel() + second.weight.numel() == 5 * (24 + 40)
+    u, s, vh = torch.linalg.svd(layer.weight.detach().double(), full_matrices=False)
+    torch.testing.assert_close(second.weight.double() @ first.weight.double(),
+                               u[:, :5] @ torch.diag(s[:5]) @ vh[:5], atol=1e-6, rtol=1e-5)
+
+
+def test_vgg16_fc6_fc7_cost_about_72_gflop_on_300_rois():
+    """09_fast_rcnn: "In the paper's VGG-16 setting fc6 (25,088 → 4,096) and fc7 (4,096 → 4,096)
+    cost about 72 GFLOP per image" (300 RoIs, 2 FLOPs per multiply-add)."""
+    with torch.device("meta"):
+        head = fe.fast_rcnn.FastRCNNHead(512, 20, roi_output_size=7, representation_size=4096)
+    assert (head.fc6.in_features, head.fc6.out_features, head.fc7.out_features) == (25088, 4096, 4096)
+    gflop = 2 * 300 * (head.fc6.weight.numel() + head.fc7.weight.numel()) / 1e9
+    assert round(gflop) == 72
