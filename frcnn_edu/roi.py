@@ -12,7 +12,8 @@ proposal, whatever the proposal's size. RoI max pooling gets it in three steps:
 
 `roi_pool(..., impl="reference")` does exactly this in plain PyTorch, one bin at a time, so it
 can be read next to the picture `roi_pool_bins` draws. `impl="fast"` calls torchvision's compiled
-kernel; the tests check that the two agree bit for bit, values and gradients.
+kernel (on the CPU with the RoIs split over the cores, `frcnn_edu.parallel`); the tests check
+that the two agree bit for bit, values and gradients.
 
 RoIAlign (Mask R-CNN, He et al. 2017; what torchvision's Faster R-CNN uses) skips both roundings
 and averages bilinearly interpolated samples instead. It is here for comparison.
@@ -28,6 +29,8 @@ from typing import Sequence
 import torch
 import torchvision
 from torch import nn
+
+from .parallel import num_workers, parallel_map
 
 IMPLS = ("fast", "reference")
 
@@ -231,8 +234,43 @@ def roi_pool(features: torch.Tensor, rois: torch.Tensor, output_size: int | Sequ
     if validate:
         check_rois(features, rois)
     if impl == "fast":
+        if len(rois) >= MIN_ROIS_PER_THREAD * 2 and num_workers(features.device) > 1:
+            return _ThreadedRoIPool.apply(features, rois, size, spatial_scale)
         return torchvision.ops.roi_pool(features, rois, size, spatial_scale)
     return _roi_pool_reference(features, rois, size, spatial_scale)
+
+
+MIN_ROIS_PER_THREAD = 32   # below that, a thread hand-off costs more than it saves
+
+
+class _ThreadedRoIPool(torch.autograd.Function):
+    """torchvision's RoI pooling kernel with the RoIs split over the CPU's threads.
+
+    The CPU kernel is single-threaded (see frcnn_edu.parallel). Forward: each chunk of RoIs is
+    pooled by the kernel, which also returns the argmax of every bin. Backward: ONE call of
+    torchvision's backward kernel with all the argmaxes, so gradients that several RoIs send to
+    the same feature are summed in exactly the order of an unsplit call: bit for bit the same.
+    """
+
+    @staticmethod
+    def forward(ctx, features, rois, size, spatial_scale):
+        features = features.contiguous()   # once, not once per chunk inside the kernel
+        chunks = rois.chunk(min(num_workers(features.device), len(rois) // MIN_ROIS_PER_THREAD))
+        pieces = parallel_map(lambda chunk: torch.ops.torchvision.roi_pool(
+            features, chunk, spatial_scale, size[0], size[1]), chunks, features.device)
+        output = torch.cat([out for out, _ in pieces])
+        argmax = torch.cat([arg for _, arg in pieces])
+        ctx.save_for_backward(rois, argmax)
+        ctx.size, ctx.spatial_scale, ctx.features_shape = size, spatial_scale, features.shape
+        return output
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        rois, argmax = ctx.saved_tensors
+        grad_features = torch.ops.torchvision._roi_pool_backward(
+            grad_output.contiguous(), rois, argmax, ctx.spatial_scale, *ctx.size, *ctx.features_shape)
+        return grad_features, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from torch import nn
 
 from . import boxes as box_ops
 from .anchors import AnchorGenerator, flatten_head_output, inside_image
+from .parallel import parallel_map
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,8 +231,8 @@ def generate_proposals(objectness: torch.Tensor, deltas: torch.Tensor, anchors: 
     top_deltas = deltas.gather(1, top_idx[..., None].expand(-1, -1, 4))               # (B, n, 4)
     top_boxes = box_ops.decode(top_deltas, anchors[top_idx], validate=False)  # (B, n, 4)
 
-    all_boxes, all_scores = [], []
-    for boxes, scores, size, min_size in zip(top_boxes, top_scores, image_sizes, min_sizes):
+    def one_image(args):
+        boxes, scores, size, min_size = args
         boxes = box_ops.clip_boxes(boxes, size, validate=False)
         keep = box_ops.remove_small_boxes(boxes, min_size, validate=False)
         # An anchor entirely outside this image (e.g. in the padding of a smaller image in the
@@ -239,9 +240,11 @@ def generate_proposals(objectness: torch.Tensor, deltas: torch.Tensor, anchors: 
         keep = keep[(boxes[keep, 2] > boxes[keep, 0]) & (boxes[keep, 3] > boxes[keep, 1])]
         boxes, scores = boxes[keep], scores[keep]
         keep = box_ops.nms(boxes, scores, nms_iou, impl=nms_impl, validate=False)[:post_nms_top_n]
-        all_boxes.append(boxes[keep])
-        all_scores.append(torch.sigmoid(scores[keep]))
-    return all_boxes, all_scores
+        return boxes[keep], torch.sigmoid(scores[keep])
+
+    # The images are independent: on the CPU their NMS runs in parallel (frcnn_edu.parallel).
+    results = parallel_map(one_image, zip(top_boxes, top_scores, image_sizes, min_sizes), objectness.device)
+    return [boxes for boxes, _ in results], [scores for _, scores in results]
 
 
 # ----------------------------------------------------------------------------------------------

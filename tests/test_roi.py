@@ -212,6 +212,50 @@ def test_roi_pool_overlapping_bins_accumulate_gradient():
     assert_pool_equal(features, rois, 7, 1 / 16)
 
 
+@pytest.fixture
+def two_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_threaded_cpu_roi_pool_is_one_kernel_call_bit_for_bit(two_threads, dtype):
+    """On the CPU the fast path splits the RoIs over threads (frcnn_edu.parallel): the values and
+    the gradient (many RoIs sharing argmaxes) must be exactly those of one torchvision call (which
+    the tests above bind to the reference). The reference itself is not compared here: with 2
+    threads, the order in which its indexing backward sums shared gradients varies."""
+    gen = torch.Generator().manual_seed(11)
+    features = torch.randn(2, 3, 9, 11, generator=gen, dtype=dtype).round()   # ties too
+    features = features.contiguous(memory_format=torch.channels_last)        # the model's layout
+    rois = random_rois(gen, 300, 2, 9, 11, 16, dtype)
+    upstream = torch.randn(300, 3, 7, 7, generator=gen, dtype=dtype)
+    leaf = features.clone().requires_grad_()
+    out = roi_pool(leaf, rois, 7, 1 / 16)
+    assert out.grad_fn.name() == "_ThreadedRoIPoolBackward"                    # the split ran
+    out.backward(upstream)
+    one = features.clone().requires_grad_()
+    expected = torchvision.ops.roi_pool(one, rois, 7, 1 / 16)
+    expected.backward(upstream)
+    assert torch.equal(out, expected) and torch.equal(leaf.grad, one.grad)
+    with torch.inference_mode():
+        assert torch.equal(roi_pool(features, rois, 7, 1 / 16), expected.detach())
+
+
+def test_few_rois_or_one_thread_skip_the_split():
+    features = torch.randn(1, 2, 6, 6, requires_grad=True)
+    rois = torch.tensor([[0.0, 0, 0, 50, 50]]).repeat(100, 1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert roi_pool(features, rois, 3, 1 / 16).grad_fn.name() != "_ThreadedRoIPoolBackward"
+        torch.set_num_threads(2)
+        assert roi_pool(features, rois[:10], 3, 1 / 16).grad_fn.name() != "_ThreadedRoIPoolBackward"
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_roi_pool_no_rois():
     features = torch.randn(2, 3, 5, 5, requires_grad=True)
     for impl in ("fast", "reference"):

@@ -493,6 +493,50 @@ def test_pre_and_post_nms_top_n():
     assert boxes[0].shape == (a, 4)                                   # pre_nms_top_n > A is fine
 
 
+def test_images_of_a_batch_in_parallel_threads_give_their_own_proposals(monkeypatch):
+    """On the CPU the per-image NMS of a batch runs in threads (frcnn_edu.parallel): each image's
+    proposals must be exactly what it gets alone, in the batch's order."""
+    import frcnn_edu.parallel as parallel
+
+    anchors = AnchorGenerator(SIZES, RATIOS, STRIDE)((H, W))
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(4, anchors.shape[0], generator=g)
+    deltas = torch.randn(4, anchors.shape[0], 4, generator=g) * 0.2
+    sizes = [(H * STRIDE, W * STRIDE), (H * STRIDE - 30, W * STRIDE), (40, 50), (H * STRIDE, 70)]
+    calls = []
+    real_map = parallel.parallel_map
+    monkeypatch.setattr("frcnn_edu.rpn.parallel_map", lambda *a: calls.append(1) or real_map(*a))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        boxes, scores = generate_proposals(logits, deltas, anchors, sizes, pre_nms_top_n=300,
+                                           post_nms_top_n=50, min_sizes=[0, 4, 8, 0])
+    finally:
+        torch.set_num_threads(threads)
+    assert calls and parallel.num_workers("cpu") == threads
+    for i in range(4):
+        alone, alone_scores = generate_proposals(logits[i:i + 1], deltas[i:i + 1], anchors, sizes[i:i + 1],
+                                                 pre_nms_top_n=300, post_nms_top_n=50,
+                                                 min_sizes=[[0, 4, 8, 0][i]])
+        assert torch.equal(boxes[i], alone[0]) and torch.equal(scores[i], alone_scores[0])
+
+
+def test_parallel_map_keeps_order_and_the_callers_modes():
+    from frcnn_edu.parallel import parallel_map
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert parallel_map(lambda x: x * x, range(7), "cpu") == [0, 1, 4, 9, 16, 25, 36]
+        with torch.no_grad():
+            assert parallel_map(lambda _: torch.is_grad_enabled(), range(4), "cpu") == [False] * 4
+        with torch.inference_mode():
+            assert parallel_map(lambda _: torch.is_inference_mode_enabled(), range(4), "cpu") == [True] * 4
+        assert parallel_map(lambda _: torch.is_grad_enabled(), range(4), "cpu") == [True] * 4
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_min_size_filter():
     anchors = AnchorGenerator((8, 32), (1.0,), STRIDE)((H, W))
     logits = torch.randn(2, anchors.shape[0], generator=torch.Generator().manual_seed(1))
