@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-notebooks test-browser lab bench clean
+.PHONY: demo test test-fast test-notebooks test-browser lab bench notebook-outputs clean
 
 # The venv is rebuilt only when pyproject.toml changes (the stamp is newer otherwise).
 $(STAMP): pyproject.toml
@@ -22,6 +22,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider \
 		--ignore=tests/browser --durations=15
+
+test-notebooks: $(STAMP)
+	$(PY) -m pytest notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
 test-fast: $(STAMP)
 	$(PY) -m pytest tests -x -q
@@ -39,6 +42,11 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# Re-run every notebook and store the outputs of the cells marked NBVAL_CHECK_OUTPUT (the ones
+# `make test` compares); all other cells are stripped.
+notebook-outputs: $(STAMP)
+	$(PY) tools/refresh_notebook_outputs.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -3,7 +3,8 @@
 frcnn_edu: `frcnn_edu.FasterRCNN` with a named preset (paper_vgg16 or shapes_tiny).
 torchvision: `torchvision.models.detection.FasterRCNN` configured from the same
 `FasterRCNNConfig` by `torchvision_twin`: the SAME backbone (a deep copy of frcnn_edu's
-module, so the same weights), a single feature map, the same 9 anchors, proposal counts,
+module, so the same weights, in torchvision's default NCHW layout), a single feature map,
+the same 9 anchors, proposal counts,
 NMS thresholds, RoI max pooling (`RoIPoolAdapter`, torchvision.ops.roi_pool at 1/16), fc6/fc7
 (`TwoMLPHead`) of the same width, the same image size, mean/std and padding, and the
 detector's sampling and test-time numbers. Weights of the RPN head and the detector are
@@ -70,7 +71,9 @@ def nchw_copy(model: fe.FasterRCNN) -> fe.FasterRCNN:
 def torchvision_twin(model: fe.FasterRCNN, copy_weights: bool = True) -> TVFasterRCNN:
     """torchvision's FasterRCNN configured like `model` (see the module docstring)."""
     cfg = model.config
-    backbone = copy.deepcopy(model.backbone)
+    # torchvision as shipped runs NCHW; frcnn_edu's backbone is channels_last by default, and a
+    # deep copy would keep its NHWC weights (PyTorch then runs the convolutions NHWC).
+    backbone = copy.deepcopy(model.backbone).to(memory_format=torch.contiguous_format)
     channels, stride = backbone.out_channels, backbone.stride
     if cfg.rpn_mid_channels != channels:
         raise ValueError(f"torchvision's RPNHead uses mid channels = in channels ({channels}); "
