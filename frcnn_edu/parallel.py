@@ -24,14 +24,16 @@ def num_workers(device) -> int:
     return torch.get_num_threads() if torch.device(device).type == "cpu" else 1
 
 
-def parallel_map(fn, items, device) -> list:
+def parallel_map(fn, items, device, min_items: int = 2) -> list:
     """[fn(item) for item in items], spread over num_workers(device) threads on the CPU.
 
-    Grad mode and inference mode are thread-local in PyTorch; the workers get the caller's.
+    With fewer than min_items items everything runs on the calling thread (a hand-off costs
+    tens of microseconds, and after an OpenMP region torch's own threads keep spinning for a
+    while). Grad mode and inference mode are thread-local in PyTorch; the workers get the caller's.
     """
     items = list(items)
     workers = min(num_workers(device), len(items))
-    if workers < 2:
+    if workers < 2 or len(items) < min_items:
         return [fn(item) for item in items]
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 

@@ -234,20 +234,20 @@ def roi_pool(features: torch.Tensor, rois: torch.Tensor, output_size: int | Sequ
     if validate:
         check_rois(features, rois)
     if impl == "fast":
-        if len(rois) >= MIN_ROIS_PER_THREAD * 2 and num_workers(features.device) > 1:
+        if len(rois) >= MIN_ROIS_PER_CHUNK * 2 and num_workers(features.device) > 1:
             return _ThreadedRoIPool.apply(features, rois, size, spatial_scale)
         return torchvision.ops.roi_pool(features, rois, size, spatial_scale)
     return _roi_pool_reference(features, rois, size, spatial_scale)
 
 
-MIN_ROIS_PER_THREAD = 32   # below that, a thread hand-off costs more than it saves
+MIN_ROIS_PER_CHUNK = 128  # below that, a thread hand-off costs more than it saves (bench/)
 
 
 class _ThreadedRoIPool(torch.autograd.Function):
     """torchvision's RoI pooling kernel with the RoIs split over the CPU's threads.
 
     The CPU kernel is single-threaded (see frcnn_edu.parallel). Forward: each chunk of RoIs is
-    pooled by the kernel, which also returns the argmax of every bin. Backward: ONE call of
+    pooled by the kernel, which also returns the argmax of every bin (int32). Backward: ONE call of
     torchvision's backward kernel with all the argmaxes, so gradients that several RoIs send to
     the same feature are summed in exactly the order of an unsplit call: bit for bit the same.
     """
@@ -255,11 +255,19 @@ class _ThreadedRoIPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features, rois, size, spatial_scale):
         features = features.contiguous()   # once, not once per chunk inside the kernel
-        chunks = rois.chunk(min(num_workers(features.device), len(rois) // MIN_ROIS_PER_THREAD))
-        pieces = parallel_map(lambda chunk: torch.ops.torchvision.roi_pool(
-            features, chunk, spatial_scale, size[0], size[1]), chunks, features.device)
-        output = torch.cat([out for out, _ in pieces])
-        argmax = torch.cat([arg for _, arg in pieces])
+        output = features.new_empty((len(rois), features.shape[1], *size))
+        argmax = torch.empty(output.shape, dtype=torch.int32)          # the kernel's argmax type
+        # A few chunks per thread, each copied into place as soon as it is done: the chunks'
+        # own outputs never all exist at once (peak memory stays near that of one call).
+        chunks = max(1, min(4 * num_workers(features.device), len(rois) // MIN_ROIS_PER_CHUNK))
+        bounds = torch.linspace(0, len(rois), chunks + 1).long().tolist()
+
+        def pool_chunk(start_end):
+            start, end = start_end
+            out, arg = torch.ops.torchvision.roi_pool(features, rois[start:end], spatial_scale, *size)
+            output[start:end], argmax[start:end] = out, arg
+
+        parallel_map(pool_chunk, zip(bounds[:-1], bounds[1:]), features.device)
         ctx.save_for_backward(rois, argmax)
         ctx.size, ctx.spatial_scale, ctx.features_shape = size, spatial_scale, features.shape
         return output

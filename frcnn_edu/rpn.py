@@ -242,8 +242,10 @@ def generate_proposals(objectness: torch.Tensor, deltas: torch.Tensor, anchors: 
         keep = box_ops.nms(boxes, scores, nms_iou, impl=nms_impl, validate=False)[:post_nms_top_n]
         return boxes[keep], torch.sigmoid(scores[keep])
 
-    # The images are independent: on the CPU their NMS runs in parallel (frcnn_edu.parallel).
-    results = parallel_map(one_image, zip(top_boxes, top_scores, image_sizes, min_sizes), objectness.device)
+    # The images are independent: on the CPU their NMS runs in parallel (frcnn_edu.parallel),
+    # from 4 images on (bench/: with 2, the hand-off costs about what it saves).
+    results = parallel_map(one_image, zip(top_boxes, top_scores, image_sizes, min_sizes),
+                           objectness.device, min_items=4)
     return [boxes for boxes, _ in results], [scores for _, scores in results]
 
 

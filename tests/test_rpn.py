@@ -505,7 +505,7 @@ def test_images_of_a_batch_in_parallel_threads_give_their_own_proposals(monkeypa
     sizes = [(H * STRIDE, W * STRIDE), (H * STRIDE - 30, W * STRIDE), (40, 50), (H * STRIDE, 70)]
     calls = []
     real_map = parallel.parallel_map
-    monkeypatch.setattr("frcnn_edu.rpn.parallel_map", lambda *a: calls.append(1) or real_map(*a))
+    monkeypatch.setattr("frcnn_edu.rpn.parallel_map", lambda *a, **k: calls.append(1) or real_map(*a, **k))
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -522,6 +522,8 @@ def test_images_of_a_batch_in_parallel_threads_give_their_own_proposals(monkeypa
 
 
 def test_parallel_map_keeps_order_and_the_callers_modes():
+    import threading
+
     from frcnn_edu.parallel import parallel_map
 
     threads = torch.get_num_threads()
@@ -533,6 +535,11 @@ def test_parallel_map_keeps_order_and_the_callers_modes():
         with torch.inference_mode():
             assert parallel_map(lambda _: torch.is_inference_mode_enabled(), range(4), "cpu") == [True] * 4
         assert parallel_map(lambda _: torch.is_grad_enabled(), range(4), "cpu") == [True] * 4
+        names = lambda n, **k: set(parallel_map(lambda _: threading.current_thread().name, range(n), "cpu", **k))
+        assert names(3, min_items=4) == {threading.current_thread().name}   # too few: inline
+        assert all(name.startswith("frcnn_edu") for name in names(8))       # the pool's threads
+        torch.set_num_threads(1)
+        assert names(8) == {threading.current_thread().name}                # one thread: inline
     finally:
         torch.set_num_threads(threads)
 
