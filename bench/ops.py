@@ -12,6 +12,7 @@ import torchvision
 from frcnn_edu import anchors as fe_anchors
 from frcnn_edu import boxes as fe_boxes
 from frcnn_edu import roi as fe_roi
+from frcnn_edu.rpn import generate_proposals
 
 from .timing import compare
 
@@ -76,6 +77,19 @@ def bench_ops(device, sync, *, quick: bool) -> list[dict]:
                       "fast": lambda b=boxes, s=scores: fe_boxes.nms(b, s, 0.7, impl="fast", validate=False)},
                      reps=1 if quick else (2 if n > 5000 else reps))
         rows[-1]["size"] += f" ({result['fast']['last'].numel()} kept)"
+
+    # The whole proposal layer on the 21,546 anchors of a 600 x 1000 image, test and training
+    # settings (pre-NMS top 6,000 -> 300 and 12,000 -> 2,000), with either NMS.
+    g = torch.Generator().manual_seed(0)
+    anchors = fe_anchors.shift_anchors(fe_anchors.generate_base_anchors(), (38, 63), 16).to(device)
+    logits = torch.randn(1, anchors.shape[0], generator=g).to(device)
+    deltas = (torch.randn(1, anchors.shape[0], 4, generator=g) * torch.tensor([0.1, 0.1, 0.2, 0.2])).to(device)
+    for pre, post in (((500, 50),) if quick else ((6000, 300), (12000, 2000))):
+        add("proposal layer (21,546 anchors, 600x1000)", f"top {pre} -> NMS 0.7 -> {post}",
+            {impl: lambda impl=impl, pre=pre, post=post: generate_proposals(
+                logits, deltas, anchors, [(600, 1000)], pre_nms_top_n=pre, post_nms_top_n=post,
+                min_sizes=16.0, nms_impl=impl) for impl in ("reference", "fast")},
+            reps=1 if quick else 2)
 
     # RoI max pooling: 300 RoIs (the test-time proposal count) on a VGG-16 conv5_3 map.
     features = torch.randn(1, 512, 38, 63, device=device)

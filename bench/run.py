@@ -531,7 +531,7 @@ class Bench:
                         "torchvision mAP (area)", "detections / image (edu / tv)", "train time s (edu / tv) *"], rows))
         self.add(f"\nRange over seeds: frcnn_edu {a['min']:.4f}-{a['max']:.4f}, torchvision "
                  f"{b['min']:.4f}-{b['max']:.4f}. At this budget both detectors are far from converged "
-                 f"(`make demo` trains 3,000 iterations); the comparison is of equal budgets.\n")
+                 f"(`frcnn-edu demo --train` trains 3,000 iterations); the comparison is of equal budgets.\n")
         self.add("\\* Training wall times of the two systems are taken one after the other, not "
                  "interleaved: on a shared machine they are not a controlled comparison (the training "
                  "section is).")
