@@ -12,11 +12,12 @@ runs as plain calls on the calling thread.
 """
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-_pools: dict[int, ThreadPoolExecutor] = {}
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
 def num_workers(device) -> int:
@@ -41,7 +42,10 @@ def parallel_map(fn, items, device, min_items: int = 2) -> list:
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):
             return fn(item)
 
-    if workers not in _pools:
-        _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="frcnn_edu",
-                                             initializer=torch.set_num_threads, initargs=(1,))
-    return list(_pools[workers].map(call, items))
+    # One pool per process: a forked child inherits the parent's pool object but not its threads.
+    # The workers run one torch thread each (their kernels are single-threaded anyway).
+    key = (os.getpid(), workers)
+    if key not in _pools:
+        _pools[key] = ThreadPoolExecutor(workers, thread_name_prefix="frcnn_edu",
+                                         initializer=torch.set_num_threads, initargs=(1,))
+    return list(_pools[key].map(call, items))

@@ -697,3 +697,26 @@ def test_paper_anchor_counts_through_the_rpn():
     rpn.train()
     _, _, losses = rpn(features, [(600, 1000)], [{"boxes": T([[100, 100, 300, 250]])}])
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_parallel_map_works_in_a_forked_child():
+    """A child forked after the parent used the pool gets a pool of its own (not a dead one)."""
+    import multiprocessing
+
+    from frcnn_edu.parallel import parallel_map
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert parallel_map(lambda x: x + 1, range(4), "cpu") == [1, 2, 3, 4]   # the parent's pool
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            assert pool.apply_async(_double_in_threads, (5,)).get(timeout=15) == [0, 2, 4, 6, 8]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _double_in_threads(n):
+    from frcnn_edu.parallel import parallel_map
+
+    torch.set_num_threads(2)
+    return parallel_map(lambda x: 2 * x, range(n), "cpu")
