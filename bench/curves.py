@@ -33,9 +33,11 @@ from frcnn_edu.config import get_preset
 from frcnn_edu.data import ShapesDataset
 from frcnn_edu.faster_rcnn import FasterRCNN
 from frcnn_edu.predict import evaluate_model, proposal_recall_of
-from frcnn_edu.train import train
+from frcnn_edu.train import STAGES, train
 
-SCHEDULES = {"rpn": "rpn", "joint": "joint", "alternating": "alternating"}
+
+def fresh_model(classes) -> FasterRCNN:
+    return FasterRCNN(len(classes), config=get_preset("shapes_tiny"), class_names=classes)
 
 
 def evaluate(kind: str, checkpoint: Path, held_out) -> dict | None:
@@ -54,7 +56,7 @@ def evaluate(kind: str, checkpoint: Path, held_out) -> dict | None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=sorted(SCHEDULES))
+    parser.add_argument("kind", choices=("rpn", "joint", "alternating"))
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--iters", type=int, default=2000)
     parser.add_argument("--chunk", type=float, default=120.0, help="seconds of training between evaluations")
@@ -70,27 +72,26 @@ def main(argv=None) -> int:
         stale.unlink(missing_ok=True)
     train_set, held_out = ShapesDataset(**SHAPES_TRAIN), ShapesDataset(**SHAPES_HELD_OUT)
     torch.manual_seed(0)
-    model = FasterRCNN(len(train_set.classes), config=get_preset("shapes_tiny"), class_names=train_set.classes)
+    model = fresh_model(train_set.classes)
+    steps = len(STAGES[args.kind])   # 4 for alternating, 1 otherwise; iters split equally
 
     rows, trained, finished = [], 0.0, False
     while not finished and trained < args.minutes * 60:
         limit = min(args.chunk, args.minutes * 60 - trained)
         started = time.perf_counter()
-        train(model, train_set, iters=args.iters, batch_size=args.batch_size, schedule=SCHEDULES[args.kind],
+        train(model, train_set, iters=args.iters, batch_size=args.batch_size, schedule=args.kind,
               checkpoint=checkpoint, checkpoint_every=10 ** 9, resume=True, seed=0, warmup=100,
               log=checkpoint.with_suffix(".jsonl"), progress=False, time_limit=limit)
         trained += time.perf_counter() - started
         state = read_checkpoint(checkpoint)["training"]
-        finished = state["stage"] >= (1 if args.kind != "alternating" else 4)
-        done = state["iters"] if finished else (
-            sum(args.iters // (4 if args.kind == "alternating" else 1) for _ in range(state["stage"]))
-            + state["iteration"])
+        finished = state["stage"] >= steps
+        done = state["iters"] if finished else state["stage"] * (args.iters // steps) + state["iteration"]
         shutil.copy(checkpoint, out / f"{args.kind}_{round(trained)}s.pt")
         row = {"train_s": round(trained, 1), "iterations": done, "stage": state["stage"],
                **(evaluate(args.kind, checkpoint, held_out) or {})}
         rows.append(row)
         print(json.dumps(row), flush=True)
-        model = FasterRCNN(len(train_set.classes), config=get_preset("shapes_tiny"), class_names=train_set.classes)
+        model = fresh_model(train_set.classes)   # train(resume=True) reloads the checkpoint into it
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

@@ -210,6 +210,11 @@ def _roi_pool_reference(features: torch.Tensor, rois: torch.Tensor,
     return pooled.masked_fill(empty.to(device), 0)
 
 
+# The fast path splits RoIs over the CPU's threads only in chunks of at least this many: below
+# that, a thread hand-off costs more than it saves (measured with bench/).
+MIN_ROIS_PER_CHUNK = 128
+
+
 def roi_pool(features: torch.Tensor, rois: torch.Tensor, output_size: int | Sequence[int],
              spatial_scale: float, impl: str = "fast", *, validate: bool = True) -> torch.Tensor:
     """RoI max pooling ([F] Sec. 2.1): (N, C, H, W) features, (K, 5) rois -> (K, C, h, w).
@@ -238,9 +243,6 @@ def roi_pool(features: torch.Tensor, rois: torch.Tensor, output_size: int | Sequ
             return _ThreadedRoIPool.apply(features, rois, size, spatial_scale)
         return torchvision.ops.roi_pool(features, rois, size, spatial_scale)
     return _roi_pool_reference(features, rois, size, spatial_scale)
-
-
-MIN_ROIS_PER_CHUNK = 128  # below that, a thread hand-off costs more than it saves (bench/)
 
 
 class _ThreadedRoIPool(torch.autograd.Function):
