@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 
 from frcnn_edu.checkpoints import load_model, read_checkpoint
-from frcnn_edu.cli import SHAPES_HELD_OUT, SHAPES_TRAIN
 from frcnn_edu.config import get_preset
 from frcnn_edu.data import ShapesDataset
 from frcnn_edu.faster_rcnn import FasterRCNN
 from frcnn_edu.predict import evaluate_model, proposal_recall_of
+from frcnn_edu.samples import SHAPES_HELD_OUT, SHAPES_TRAIN
 from frcnn_edu.train import STAGES, train
 
 
@@ -45,7 +45,6 @@ def evaluate(kind: str, checkpoint: Path, held_out) -> dict | None:
     stage = payload["training"]["stage"]
     model = load_model(checkpoint, device="cpu")
     if kind == "rpn":
-        model.rpn.post_nms_top_n["test"] = 1000
         recall = proposal_recall_of(model, held_out)
         return {"recall": recall}
     if kind == "alternating" and stage < 3:

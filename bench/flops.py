@@ -48,7 +48,7 @@ def model_flops(model, image_size, num_rois: int) -> dict:
     """
     backbone_layers, feature_shape = conv_flops(model.backbone, (3, *image_size))
     head_layers, _ = conv_flops(model.rpn.head, feature_shape)
-    head = model.roi_head
+    head = model.fast_rcnn.head
     fc = [(name, 2.0 * layer.in_features * layer.out_features * num_rois)
           for name, layer in (("fc6", head.fc6), ("fc7", head.fc7), ("cls_score", head.cls_score),
                               ("bbox_pred", head.bbox_pred))]

@@ -264,7 +264,7 @@ class Bench:
 
     def detector_head_svd(self, ours) -> None:
         """What-if: fc6/fc7 replaced by truncated SVD (Fast R-CNN Sec. 3.1: ranks 1024 and 256)."""
-        head = ours.roi_head.to(self.device).eval()
+        head = ours.fast_rcnn.head.to(self.device).eval()
         rois = ours.config.rpn_post_nms_top_n_test
         x = torch.randn(rois, head.fc6.in_features, device=self.device)
         r6, r7 = min(1024, head.fc6.out_features), min(256, head.fc7.out_features)
@@ -315,7 +315,7 @@ class Bench:
                 return f
 
             ours_svd = copy.deepcopy(ours)
-            ours_svd.roi_head.compress(*self.s.svd_ranks[cfg["key"]])
+            ours_svd.fast_rcnn.head.compress(*self.s.svd_ranks[cfg["key"]])
             names = ("frcnn_edu", "torchvision", "frcnn_edu NCHW", "torchvision channels_last", "frcnn_edu SVD")
             result = compare(dict(zip(names, map(call, (ours, tv, ours_nchw, tv_cl, ours_svd)))),
                              warmup=self.s.warmup, reps=cfg["inf_reps"], sync=self.sync)
@@ -336,16 +336,17 @@ class Bench:
                         "frcnn_edu + truncated SVD (ms, ratio)", "x floor (edu / tv)",
                         "detections (edu / tv)", "reps", "min-max ms (edu / tv / edu NCHW / tv CL / SVD)"], rows))
         ranks = self.s.svd_ranks
-        self.add(f"\nTruncated SVD ([F] Sec. 3.1, `model.roi_head.compress(fc6_rank, fc7_rank)`, a test-time "
+        self.add(f"\nTruncated SVD ([F] Sec. 3.1, `model.fast_rcnn.head.compress(fc6_rank, fc7_rank)`, a test-time "
                  f"option, not the default): ranks {ranks['vgg']} for VGG-16 (the paper's), {ranks['tiny']} for "
                  f"shapes_tiny. Timing only here (random weights); its accuracy cost on the trained "
                  f"shapes_tiny checkpoint is in bench/README.md.\n")
 
     def section_stages(self) -> None:
         self.add("## Where the time goes (frcnn_edu)\n")
-        self.add("Each stage timed by calling the model's submodules in the order `FasterRCNN.forward` does "
-                 "(bench/stages.py), with a device sync between stages; medians over reps. The staged "
-                 "pass is checked against `model(images)` (same detections).\n")
+        self.add("Each stage timed inside the model's own `model(images)` call: a clock with a device sync "
+                 "wraps each submodule and function for the call (bench/stages.py); \"glue\" is what no "
+                 "clock covers; medians over reps. The timed pass is checked against an untimed "
+                 "`model(images)` (same detections).\n")
         self.results["stages"] = {}
         for cfg in self.configs():
             ours, _ = self.timing_pair(cfg["preset"], cfg["num_classes"], **cfg["changes"])

@@ -120,10 +120,10 @@ def copy_head_weights(model: fe.FasterRCNN, tv: TVFasterRCNN) -> list[str]:
         (model.rpn.head.conv, tv.rpn.head.conv[0][0], "rpn.conv"),
         (model.rpn.head.cls, tv.rpn.head.cls_logits, "rpn.cls"),
         (model.rpn.head.reg, tv.rpn.head.bbox_pred, "rpn.reg"),
-        (model.roi_head.fc6, tv.roi_heads.box_head.fc6, "fc6"),
-        (model.roi_head.fc7, tv.roi_heads.box_head.fc7, "fc7"),
-        (model.roi_head.cls_score, tv.roi_heads.box_predictor.cls_score, "cls_score"),
-        (model.roi_head.bbox_pred, tv.roi_heads.box_predictor.bbox_pred, "bbox_pred"),
+        (model.fast_rcnn.head.fc6, tv.roi_heads.box_head.fc6, "fc6"),
+        (model.fast_rcnn.head.fc7, tv.roi_heads.box_head.fc7, "fc7"),
+        (model.fast_rcnn.head.cls_score, tv.roi_heads.box_predictor.cls_score, "cls_score"),
+        (model.fast_rcnn.head.bbox_pred, tv.roi_heads.box_predictor.bbox_pred, "bbox_pred"),
     ]
     copied = []
     with torch.no_grad():

@@ -1,11 +1,13 @@
 """Saving and loading models: plain tensors and Python values only, read with weights_only=True.
 
 A checkpoint is a dict:
-    format        "frcnn_edu/1"
+    format        "frcnn_edu/2" ("frcnn_edu/1" files are read too: their detector weights were
+                  stored under "roi_head." and are renamed to "fast_rcnn.head." on loading)
     num_classes   object classes (without background)
     class_names   their names, for labels 1..num_classes
     config        FasterRCNNConfig.to_dict(): the box coder weights and every other setting
-                  travel with the weights (PITFALLS: py-faster-rcnn #365)
+                  travel with the weights (a model decoded with other box-coder stds than it
+                  was trained with gives wrong boxes; py-faster-rcnn issue #365)
     model         the state dict
     training      optional: optimizer state, iteration, schedule stage, RNG state, ...
 """
@@ -19,7 +21,8 @@ import torch
 from .config import FasterRCNNConfig
 from .faster_rcnn import FasterRCNN
 
-FORMAT = "frcnn_edu/1"
+FORMAT = "frcnn_edu/2"
+READABLE_FORMATS = ("frcnn_edu/1", FORMAT)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -35,7 +38,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def save_checkpoint(path, model: FasterRCNN, training: dict | None = None) -> Path:
     """Write atomically (temporary file, then rename): an interrupted save never corrupts `path`."""
     path = Path(path)
-    if not isinstance(model.roi_head.fc6, torch.nn.Linear):
+    if not isinstance(model.fast_rcnn.head.fc6, torch.nn.Linear):
         raise ValueError(f"not saving {path}: fc6/fc7 were compressed with truncated SVD, a "
                          f"test-time transformation; save the model before compressing it")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,8 +67,26 @@ def read_checkpoint(path) -> dict:
     except Exception as error:  # unpickling errors come in many types
         raise ValueError(f"checkpoint {path} could not be read ({type(error).__name__}: {error}); "
                          f"is it a frcnn_edu checkpoint?") from error
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in READABLE_FORMATS:
         raise ValueError(f"checkpoint {path} is not a frcnn_edu checkpoint (format {FORMAT!r} expected)")
+    if payload["format"] == "frcnn_edu/1":
+        payload = _upgrade_from_format_1(payload)
+    return payload
+
+
+def _upgrade_from_format_1(payload: dict) -> dict:
+    """Format 1 stored the detector head under "roi_head."; it now lives in model.fast_rcnn.head."""
+    def rename(state: dict | None) -> dict | None:
+        if state is None:
+            return None
+        return {("fast_rcnn.head." + k[len("roi_head."):] if k.startswith("roi_head.") else k): v
+                for k, v in state.items()}
+
+    payload = {**payload, "format": FORMAT, "model": rename(payload["model"])}
+    if isinstance(payload.get("training"), dict):
+        training = dict(payload["training"])
+        training["step1_network"] = rename(training.pop("helper", None))   # the 4-step schedule's step-1 net
+        payload["training"] = training
     return payload
 
 

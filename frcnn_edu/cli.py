@@ -18,13 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SHIPPED_CHECKPOINT = REPO / "data" / "checkpoints" / "shapes_tiny.pt"
-
-# The built-in data: training images come from seed 0, held-out images from seed 1, so the two
-# never share an image.
-SHAPES_TRAIN = {"seed": 0, "num_images": 10000}
-SHAPES_HELD_OUT = {"seed": 1, "num_images": 200}
+# Defined in frcnn_edu.samples; still importable from here.
+from .samples import REPO, SHAPES_HELD_OUT, SHAPES_TRAIN, SHIPPED_CHECKPOINT  # noqa: F401
 
 
 class UsageError(Exception):
@@ -102,7 +97,7 @@ def cmd_eval(args) -> int:
     if args.svd:
         try:
             fc6_rank, fc7_rank = (int(r) for r in args.svd.split(","))
-            model.roi_head.compress(fc6_rank, fc7_rank)
+            model.fast_rcnn.head.compress(fc6_rank, fc7_rank)
         except ValueError as error:
             raise UsageError(f"--svd {args.svd!r}: {error} (expected FC6_RANK,FC7_RANK, e.g. 1024,256)") from None
     dataset = load_dataset(args.dataset, "eval", classes=model.class_names if args.dataset.startswith("voc") else None)

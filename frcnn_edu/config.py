@@ -1,150 +1,120 @@
-"""Every hyper-parameter of Faster R-CNN in one place, with the paper's value and where it comes from.
+"""Every hyper-parameter of Faster R-CNN in one place, each beside its value's source.
 
-Sources (see ../shared/PAPER.md):
-  [P] Ren et al., Faster R-CNN (NIPS 2015 / TPAMI 2017) — section numbers of the TPAMI version.
-  [F] Girshick, Fast R-CNN (ICCV 2015).
-  [C] py-faster-rcnn, the authors' released code (lib/fast_rcnn/config.py and the prototxts).
+Sources:
+  [P] Ren, He, Girshick, Sun, "Faster R-CNN: Towards Real-Time Object Detection with Region
+      Proposal Networks", NIPS 2015 / TPAMI 2017 (https://arxiv.org/abs/1506.01497); section
+      numbers are the TPAMI version's.
+  [F] Girshick, "Fast R-CNN", ICCV 2015 (https://arxiv.org/abs/1504.08083).
+  [C] py-faster-rcnn, the authors' released code (https://github.com/rbgirshick/py-faster-rcnn):
+      lib/fast_rcnn/config.py, experiments/cfgs/*.yml and the prototxts.
 
 Defaults are the paper's VGG-16 setting. `PRESETS` holds the three named configurations;
 `shapes_tiny` scales the paper to 256x256 synthetic images and a tiny backbone, and its
-docstring lists every number it changes and why.
+docstring lists every number it changes and why. The modules read their settings from this
+object under these names (`config.rpn_nms_iou` is the RPN's NMS threshold everywhere).
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
 class FasterRCNNConfig:
-    """Hyper-parameters of Faster R-CNN. Field comments give the value's source.
+    """Hyper-parameters of Faster R-CNN; each field's comment gives its source."""
 
-    Images
-      min_size: 600 — images are rescaled so the shorter side is s = 600 ([P] Sec. 3.3).
-      max_size: 1000 — ... unless the longer side would exceed 1000 ([C] TEST.MAX_SIZE).
-      image_mean, image_std: ImageNet RGB statistics (torchvision's pretrained VGG-16 expects
-        them). [C] subtracts a BGR pixel mean and does not divide by a std; we use RGB in [0, 1].
-      size_divisible: pad the batch to a multiple of 16, the backbone stride ([P] Sec. 3.3).
+    backbone: str = "vgg16"            # "vgg16" | "zf" (the paper's two nets) | "tiny" (CPU course net)
 
-    Anchors ([P] Sec. 3.1.1)
-      anchor_sizes: (128, 256, 512) — box areas 128^2, 256^2, 512^2.
-      anchor_ratios: (0.5, 1.0, 2.0) — aspect ratios 1:2, 1:1, 2:1 as height / width; k = 9.
-
-    RPN head ([P] Sec. 3.1)
-      rpn_mid_channels: 512 for VGG-16, 256 for ZF — the n x n (n = 3) sliding window's output.
-      rpn_objectness: "softmax" — two-class softmax, 2k scores (footnote 4); "sigmoid" gives k
-        logistic scores (the alternative in footnote 4, torchvision's choice).
-
-    RPN training targets ([P] Sec. 3.1.2, 3.1.3, 3.3)
-      rpn_pos_iou: 0.7 — positive if IoU > 0.7 with any ground-truth box (plus the best anchor
-        of every ground-truth box). [C] uses >= 0.7.
-      rpn_neg_iou: 0.3 — negative if IoU < 0.3 with every ground-truth box.
-      rpn_batch_size: 256 anchors sampled per image ([P] Sec. 3.1.3) ...
-      rpn_positive_fraction: 0.5 — ... with positives : negatives up to 1:1.
-      rpn_allowed_border: 0 — anchors crossing the image boundary are ignored in training
-        ([P] Sec. 3.3: otherwise "training does not converge"). float("inf") keeps them all.
-
-    RPN loss (eq. 1)
-      rpn_lambda: 10 — balances the two terms; the result is insensitive to it ([P] Table 9).
-      rpn_loss_normalization: "paper" — N_cls = rpn_batch_size, N_reg = number of anchor
-        locations (about 2,400); "sampled" divides both terms by the number of sampled anchors
-        (what [C] does, with lambda = 1).
-      rpn_smooth_l1_beta: 1.0 — smooth L1 of [F] eq. 3 (quadratic below 1). [C] uses sigma = 3,
-        i.e. beta = 1/9, because RPN targets are not normalised (PITFALLS: py-faster-rcnn #89).
-
-    Proposal layer ([P] Sec. 3.3, [C])
-      rpn_pre_nms_top_n_train / _test: 12000 / 6000 best-scoring boxes kept before NMS [C].
-      rpn_post_nms_top_n_train / _test: 2000 / 300 kept after NMS ([P] Sec. 3.3, Sec. 4).
-      rpn_nms_iou: 0.7 ([P] Sec. 3.3).
-      rpn_min_size: 16 — proposals smaller than 16 px at the original image scale are removed [C].
-
-    Fast R-CNN detector ([F], [C])
-      roi_output_size: 7 for VGG-16, 6 for ZF — the RoI pooling grid [C].
-      roi_pool_impl: "fast" (torchvision's kernel) or "reference" (plain PyTorch).
-      representation_size: 4096 — fc6 and fc7 [C].
-      dropout: 0.5 after fc6 and fc7 [C].
-      roi_batch_size: 128 RoIs per image [C] ([F]: 2 images x 64).
-      roi_positive_fraction: 0.25 — up to 25% foreground ([F] Sec. 2.3).
-      roi_fg_iou: 0.5 — foreground if IoU >= 0.5 with a ground-truth box ([F] Sec. 2.3).
-      roi_bg_iou: (0.1, 0.5) — background if the max IoU is in [0.1, 0.5) ([F] Sec. 2.3);
-        when there are too few, background is drawn from [0, 0.1) too.
-      box_coder_weights: (10, 10, 5, 5) — the detector's regression targets are divided by
-        the stds (0.1, 0.1, 0.2, 0.2) [C]; one box coder owns them in both directions.
-      det_lambda: 1 — L = L_cls + lambda [u >= 1] L_loc ([F] eq. 1).
-
-    Test-time post-processing [C]
-      score_thresh: 0.05; det_nms_iou: 0.3 (per class); detections_per_img: 100.
-
-    Training ([P] Sec. 3.1.3)
-      lr: 0.001 for 60k mini-batches, then 0.0001 for 20k: lr_drop_at = 0.75 of the iterations,
-        lr_drop_factor = 0.1. momentum 0.9, weight_decay 0.0005. flip_prob 0.5 ([F] Sec. 2.3).
-      init_std: 0.01 for new layers ([P] Sec. 3.1.3), bbox_init_std: 0.001 for the detector's
-        box regression layer [C].
-      freeze_early_vgg: True — VGG-16 fine-tunes conv3_1 and up ([P] Sec. 3.1.3).
-
-    Speed (no effect on the maths)
-      channels_last: True — convolutions run in NHWC memory layout, which PyTorch's CPU and
-        cuDNN kernels execute faster (bench/: VGG-16 inference 0.86x the time of NCHW).
-      nms_impl: "fast" (torchvision's kernel) or "reference" (plain PyTorch).
-    """
-
-    backbone: str = "vgg16"
-
-    # images
-    min_size: int = 600
-    max_size: int = 1000
+    # --- Images ---------------------------------------------------------------------------------
+    min_size: int = 600                # shorter side rescaled to s = 600 ([P] Sec. 3.3) ...
+    max_size: int = 1000               # ... unless the longer side would exceed 1000 ([C] TEST.MAX_SIZE)
+    # ImageNet RGB statistics (what torchvision's pretrained VGG-16 expects). [C] subtracts a BGR
+    # pixel mean and does not divide by a std; here images are RGB in [0, 1].
     image_mean: tuple = (0.485, 0.456, 0.406)
     image_std: tuple = (0.229, 0.224, 0.225)
-    size_divisible: int = 16
+    size_divisible: int = 16           # the batch is padded to a multiple of the backbone stride
 
-    # anchors
-    anchor_sizes: tuple = (128, 256, 512)
-    anchor_ratios: tuple = (0.5, 1.0, 2.0)
+    # --- Anchors ([P] Sec. 3.1.1) ----------------------------------------------------------------
+    anchor_sizes: tuple = (128, 256, 512)      # box areas 128^2, 256^2, 512^2
+    anchor_ratios: tuple = (0.5, 1.0, 2.0)     # height / width 1:2, 1:1, 2:1; k = 3 x 3 = 9
 
-    # RPN
-    rpn_mid_channels: int = 512
+    # --- RPN head ([P] Sec. 3.1) -----------------------------------------------------------------
+    rpn_mid_channels: int = 512        # the 3x3 window's output: 512-d for VGG-16, 256-d for ZF
+    # "softmax": a two-class softmax, 2k scores (footnote 4); "sigmoid": k logistic scores (the
+    # footnote's alternative, torchvision's choice)
     rpn_objectness: str = "softmax"
-    rpn_pos_iou: float = 0.7
-    rpn_neg_iou: float = 0.3
-    rpn_batch_size: int = 256
-    rpn_positive_fraction: float = 0.5
+
+    # --- RPN training targets ([P] Sec. 3.1.2, 3.1.3, 3.3) ----------------------------------------
+    rpn_pos_iou: float = 0.7           # positive: IoU > 0.7 with a ground-truth box ([C]: >= 0.7)
+    rpn_neg_iou: float = 0.3           # negative: IoU < 0.3 with every ground-truth box
+    rpn_batch_size: int = 256          # anchors sampled per image (Sec. 3.1.3) ...
+    rpn_positive_fraction: float = 0.5  # ... positives : negatives up to 1:1
+    # Anchors crossing the image boundary are ignored in training (Sec. 3.3: otherwise "training
+    # does not converge"); pixels of slack, float("inf") keeps them all.
     rpn_allowed_border: float = 0.0
-    rpn_lambda: float = 10.0
+
+    # --- RPN loss, eq. 1 ([P] Sec. 3.1.2) ---------------------------------------------------------
+    rpn_lambda: float = 10.0           # balances the terms; insensitive over 0.1-100 (Table 9)
+    # "paper": N_cls = rpn_batch_size, N_reg = number of anchor locations (~2,400);
+    # "sampled": both terms divided by the number of sampled anchors ([C], with lambda = 1)
     rpn_loss_normalization: str = "paper"
+    # Smooth L1 of [F] eq. 3 (quadratic below beta). [C] uses sigma = 3, i.e. beta = 1/9, because
+    # its RPN targets are not normalised (discussed in py-faster-rcnn issue #89).
     rpn_smooth_l1_beta: float = 1.0
-    rpn_pre_nms_top_n_train: int = 12000
-    rpn_post_nms_top_n_train: int = 2000
-    rpn_pre_nms_top_n_test: int = 6000
-    rpn_post_nms_top_n_test: int = 300
-    rpn_nms_iou: float = 0.7
+
+    # --- Proposal layer ([P] Sec. 3.3, [C]) ------------------------------------------------------
+    rpn_pre_nms_top_n_train: int = 12000    # best-scoring boxes kept before NMS [C]
+    rpn_post_nms_top_n_train: int = 2000    # kept after NMS ([P] Sec. 3.3)
+    rpn_pre_nms_top_n_test: int = 6000      # [C]
+    rpn_post_nms_top_n_test: int = 300      # ([P] Sec. 4)
+    rpn_nms_iou: float = 0.7                # ([P] Sec. 3.3)
+    # Proposals smaller than 16 px at the original image's scale are removed [C]. Order: this
+    # package takes the pre-NMS top-n first and then drops the small boxes among them; [C] drops
+    # small boxes first and then takes the top-n. The two differ only when small boxes rank among
+    # the top-n: [C] then reaches further down the ranking (rpn.generate_proposals).
     rpn_min_size: float = 16.0
 
-    # Fast R-CNN
-    roi_output_size: int = 7
-    roi_pool_impl: str = "fast"
-    representation_size: int = 4096
-    dropout: float = 0.5
-    roi_batch_size: int = 128
-    roi_positive_fraction: float = 0.25
-    roi_fg_iou: float = 0.5
+    # --- Fast R-CNN detector ([F], [C]) ----------------------------------------------------------
+    roi_output_size: int = 7           # RoI pooling grid: 7x7 for VGG-16, 6x6 for ZF [C]
+    roi_pool_impl: str = "fast"        # "fast" (torchvision's kernel) | "reference" (plain PyTorch)
+    representation_size: int = 4096    # fc6 and fc7 [C]
+    dropout: float = 0.5               # after fc6 and fc7 [C]
+    roi_batch_size: int = 128          # RoIs per image [C] ([F]: 2 images x 64)
+    roi_positive_fraction: float = 0.25    # up to 25% foreground ([F] Sec. 2.3)
+    roi_fg_iou: float = 0.5            # foreground: IoU >= 0.5 with a ground-truth box ([F] Sec. 2.3)
+    # Background: max IoU in [0.1, 0.5) ([F] Sec. 2.3 and [C]'s config.py default), topped up from
+    # [0, 0.1) when there are too few. [C]'s Faster R-CNN configs (faster_rcnn_end2end.yml,
+    # faster_rcnn_alt_opt.yml) set BG_THRESH_LO = 0, i.e. (0.0, 0.5): set that to follow them. We
+    # keep [F]'s rule because it is the one the papers state and explain (hard-negative mining).
     roi_bg_iou: tuple = (0.1, 0.5)
+    # The detector's regression targets are divided by the stds (0.1, 0.1, 0.2, 0.2) [C]; one box
+    # coder owns these weights in both directions (encode in training, decode at test).
     box_coder_weights: tuple = (10.0, 10.0, 5.0, 5.0)
-    det_lambda: float = 1.0
-    score_thresh: float = 0.05
-    det_nms_iou: float = 0.3
-    detections_per_img: int = 100
+    det_lambda: float = 1.0            # L = L_cls + lambda [u >= 1] L_loc ([F] eq. 1)
+    # Objects marked "difficult" (VOC) are left out of training, as in [C] (USE_DIFF = False),
+    # and ignored by evaluation either way. True trains on them too.
+    train_on_difficult: bool = False
 
-    # training
-    lr: float = 0.001
-    lr_drop_at: float = 0.75
+    # --- Test-time post-processing [C] ------------------------------------------------------------
+    score_thresh: float = 0.05         # detections scoring at most this are dropped
+    det_nms_iou: float = 0.3           # NMS per class
+    detections_per_img: int = 100      # the best 100 detections per image are kept
+
+    # --- Training ([P] Sec. 3.1.3, [F] Sec. 2.3) ----------------------------------------------
+    lr: float = 0.001                  # for 60k mini-batches on VOC, then x 0.1 for 20k ...
+    lr_drop_at: float = 0.75           # ... i.e. after 3/4 of the iterations
     lr_drop_factor: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 0.0005
-    flip_prob: float = 0.5
-    init_std: float = 0.01
-    bbox_init_std: float = 0.001
-    freeze_early_vgg: bool = True
-    nms_impl: str = "fast"
+    flip_prob: float = 0.5             # horizontal flips ([F] Sec. 2.3)
+    init_std: float = 0.01             # new layers: zero-mean Gaussian, std 0.01 ([P] Sec. 3.1.3)
+    bbox_init_std: float = 0.001       # the detector's box regression layer [C]
+    freeze_early_vgg: bool = True      # VGG-16 with ImageNet weights tunes conv3_1 and up ([P] Sec. 3.1.3)
+
+    # --- Speed (no effect on the maths) ------------------------------------------------------------
+    nms_impl: str = "fast"             # "fast" (torchvision's kernel) | "reference" (plain PyTorch)
+    # NHWC memory layout for the convolutions, which CPU and cuDNN kernels run faster
+    # (bench/: VGG-16 inference 0.86x the time of NCHW)
     channels_last: bool = True
 
     def __post_init__(self):

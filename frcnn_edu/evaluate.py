@@ -14,14 +14,19 @@ IoU 0.5, with the rules of the PASCAL VOC development kit:
 
 AP, two ways (`voc_ap`): VOC2007's 11-point interpolated AP, what the paper reports, and the
 area under the monotone PR curve used from VOC2010 on. Differences in "difficult" handling and in
-the AP formula explain most gaps between reported mAPs (see PITFALLS.md).
+the AP formula explain most gaps between reported mAPs.
 
 IoU is computed in continuous coordinates (width = x2 - x1), the package's convention. The VOC
-devkit adds 1 pixel to widths and heights (width = x2 - x1 + 1), which raises IoUs slightly,
-most for small boxes, so numbers can differ a little from the devkit's.
+devkit reads boxes as 1-based inclusive pixel indices and adds 1 pixel to widths, heights and
+intersections (width = xmax - xmin + 1). VOCDataset maps a VOC box to (xmin - 1, ymin - 1, xmax,
+ymax), so its continuous widths, heights and intersections equal the devkit's +1 ones exactly:
+the IoUs, and so the matches and APs, are identical, nothing differs. (Detections given to the
+devkit itself need the same mapping the other way: (x1 + 1, y1 + 1, x2, y2).)
 
 Proposal recall ([P] Sec. 4, Fig. 4): the fraction of ground-truth boxes that the top-N
 proposals cover at a given IoU, e.g. 300 vs 2000 proposals.
+
+[P] Ren et al., Faster R-CNN, https://arxiv.org/abs/1506.01497
 """
 from __future__ import annotations
 

@@ -5,6 +5,9 @@
   fast_rcnn_loss            cross-entropy + smooth L1 on foreground ([F] eq. 1)
   postprocess_detections    softmax, per-class decode, clip, threshold, per-class NMS, top 100
   truncated_svd             fc6 / fc7 compressed for faster detection ([F] Sec. 3.1)
+
+and `FastRCNN`, which ties them together behind the RPN, as `RegionProposalNetwork` does for
+the RPN's pieces.
 """
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import boxes as box_ops
-from .roi import roi_pool
+from .config import FasterRCNNConfig
+from .roi import RoIPool, boxes_to_rois
 
 
 def sample_proposal_targets(proposals: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, *,
@@ -77,9 +81,8 @@ class FastRCNNHead(nn.Module):
                  dropout: float = 0.5, roi_pool_impl: str = "fast", init_std: float = 0.01,
                  bbox_init_std: float = 0.001):
         super().__init__()
-        self.roi_output_size = roi_output_size
-        self.spatial_scale = spatial_scale
-        self.roi_pool_impl = roi_pool_impl
+        # The model builds its RoIs itself, so the pooling layer skips their (syncing) checks.
+        self.roi_pool = RoIPool(roi_output_size, spatial_scale, impl=roi_pool_impl, validate=False)
         self.fc6 = nn.Linear(in_channels * roi_output_size ** 2, representation_size)
         self.fc7 = nn.Linear(representation_size, representation_size)
         self.dropout = nn.Dropout(dropout)
@@ -91,8 +94,7 @@ class FastRCNNHead(nn.Module):
         nn.init.zeros_(self.bbox_pred.bias)
 
     def forward(self, features: torch.Tensor, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled = roi_pool(features, rois, self.roi_output_size, self.spatial_scale,
-                          impl=self.roi_pool_impl, validate=False)   # (K, C, s, s); rois built by the model
+        pooled = self.roi_pool(features, rois)                           # (K, C, s, s)
         x = self.dropout(F.relu(self.fc6(pooled.flatten(1))))
         x = self.dropout(F.relu(self.fc7(x)))
         # float32 outputs also under torch.autocast: losses and box decoding need the range
@@ -182,3 +184,63 @@ def postprocess_detections(class_logits: torch.Tensor, box_deltas: torch.Tensor,
     keep = box_ops.batched_nms(boxes, scores, labels, nms_iou, impl=nms_impl, validate=False)
     keep = keep[:detections_per_img]
     return boxes[keep], labels[keep], scores[keep]
+
+
+# ----------------------------------------------------------------------------------------------
+# Everything together
+# ----------------------------------------------------------------------------------------------
+class FastRCNN(nn.Module):
+    """RoI sampling + head + loss + post-processing: the detector that reads the RPN's proposals.
+
+    forward(features (B, C, H, W), proposals [(P_i, 4)], image_sizes [(h, w)] x B, targets=None)
+      training: {"loss_cls", "loss_box"} on RoIs sampled from the proposals and the ground truth;
+      eval:     [{"boxes" (D_i, 4), "labels" (D_i,), "scores" (D_i,)}] per image.
+    Boxes are in the coordinates of the network's input (the rescaled image).
+    """
+
+    def __init__(self, in_channels: int, stride: int, num_classes: int, config: FasterRCNNConfig):
+        super().__init__()
+        self.config = config
+        self.head = FastRCNNHead(
+            in_channels, num_classes, roi_output_size=config.roi_output_size,
+            spatial_scale=1.0 / stride, representation_size=config.representation_size,
+            dropout=config.dropout, roi_pool_impl=config.roi_pool_impl, init_std=config.init_std,
+            bbox_init_std=config.bbox_init_std)
+        self.generator: torch.Generator | None = None   # set by the trainer for reproducible sampling
+
+    def forward(self, features: torch.Tensor, proposals: list[torch.Tensor], image_sizes,
+                targets: list[dict] | None = None):
+        if self.training:
+            if targets is None:
+                raise ValueError("FastRCNN in training mode needs targets")
+            return self.losses(features, proposals, targets)
+        return self.detect(features, proposals, image_sizes)
+
+    def losses(self, features: torch.Tensor, proposals: list[torch.Tensor], targets: list[dict]) -> dict:
+        """Sample RoIs per image ([F] Sec. 2.3), run the head on all of them, [F] eq. 1."""
+        c = self.config
+        samples = [sample_proposal_targets(
+            image_proposals.detach(), target["boxes"], target["labels"],
+            batch_size=c.roi_batch_size, positive_fraction=c.roi_positive_fraction,
+            fg_iou=c.roi_fg_iou, bg_iou=c.roi_bg_iou, box_coder_weights=c.box_coder_weights,
+            generator=self.generator) for image_proposals, target in zip(proposals, targets)]
+        rois, labels, regression_targets = zip(*samples)
+        class_logits, box_deltas = self.head(features, boxes_to_rois(rois))
+        loss_cls, loss_box = fast_rcnn_loss(class_logits, box_deltas, torch.cat(labels),
+                                            torch.cat(regression_targets), lambda_=c.det_lambda)
+        return {"loss_cls": loss_cls, "loss_box": loss_box}
+
+    def detect(self, features: torch.Tensor, proposals: list[torch.Tensor], image_sizes) -> list[dict]:
+        """Score and refine every proposal, then post-process each image's ([C] test.py)."""
+        c = self.config
+        class_logits, box_deltas = self.head(features, boxes_to_rois(proposals))
+        counts = [p.shape[0] for p in proposals]
+        detections = []
+        for logits, deltas, image_proposals, size in zip(
+                class_logits.split(counts), box_deltas.split(counts), proposals, image_sizes):
+            boxes, labels, scores = postprocess_detections(
+                logits, deltas, image_proposals, size, score_thresh=c.score_thresh,
+                nms_iou=c.det_nms_iou, detections_per_img=c.detections_per_img,
+                box_coder_weights=c.box_coder_weights, nms_impl=c.nms_impl)
+            detections.append({"boxes": boxes, "labels": labels, "scores": scores})
+        return detections

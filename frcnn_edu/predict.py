@@ -37,11 +37,11 @@ def proposal_recall_of(model, dataset, num_proposals=(50, 100, 300, 1000), iou_t
                        batch_size: int = 8) -> dict:
     """Recall of the ground-truth boxes by the RPN's top-n proposals ([P] Sec. 4, Fig. 4).
 
-    The RPN keeps rpn_post_nms_top_n_test proposals; to measure recall at larger n, raise it in
-    the model's config (model.rpn.post_nms_top_n["test"]) first.
+    The RPN keeps max(num_proposals) proposals per image here (its test-time setting,
+    rpn_post_nms_top_n_test = 300, would cap the recall at n = 300).
     """
     proposals, gt_boxes = [], []
     for images, targets in _chunks(dataset, batch_size):
-        proposals += [p["boxes"].cpu() for p in model.propose(images)]
+        proposals += [p["boxes"].cpu() for p in model.propose(images, post_nms_top_n=max(num_proposals))]
         gt_boxes += [t["boxes"] for t in targets]
     return proposal_recall(proposals, gt_boxes, num_proposals, iou_thresholds)

@@ -9,7 +9,7 @@ This module has the four pieces, in the order data flows through them:
   RPNHead                 the sliding window and its two sibling 1x1 layers (Sec. 3.1)
   assign_anchor_targets   which anchors are positive / negative / ignored (Sec. 3.1.2)
   rpn_loss                eq. 1
-  generate_proposals      decode, clip, drop small boxes, top-N, NMS, top-N (Sec. 3.3)
+  generate_proposals      top-N, decode, clip, drop small boxes, NMS, top-N (Sec. 3.3)
 
 and `RegionProposalNetwork`, which ties them together. The order of anchors and of the head's
 outputs is defined once, in `frcnn_edu.anchors`.
@@ -17,6 +17,7 @@ outputs is defined once, in `frcnn_edu.anchors`.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from torch import nn
 
 from . import boxes as box_ops
 from .anchors import AnchorGenerator, flatten_head_output, inside_image
+from .config import FasterRCNNConfig
 from .parallel import parallel_map
 
 
@@ -218,10 +220,8 @@ def generate_proposals(objectness: torch.Tensor, deltas: torch.Tensor, anchors: 
     Steps ([P] Sec. 3.3 and [C]):
       1. keep the pre_nms_top_n anchors with the highest objectness (12,000 train / 6,000 test);
       2. decode their deltas (eq. 2 inverted) into boxes;
-      3. clip the boxes to the image ("cross-boundary proposal boxes are clipped");
-      4. drop boxes smaller than min_size (and empty ones);
-      5. NMS at IoU 0.7;
-      6. keep the post_nms_top_n best (2,000 train / 300 test).
+      3.-6. per image, `select_proposals`: clip, drop small boxes, NMS, keep the best.
+    ([C] drops the small boxes before step 1; see FasterRCNNConfig.rpn_min_size.)
     """
     num_images = objectness.shape[0]
     if isinstance(min_sizes, (int, float)):
@@ -229,63 +229,65 @@ def generate_proposals(objectness: torch.Tensor, deltas: torch.Tensor, anchors: 
     top_n = min(pre_nms_top_n, objectness.shape[1])
     top_scores, top_idx = objectness.topk(top_n, dim=1)                               # (B, n)
     top_deltas = deltas.gather(1, top_idx[..., None].expand(-1, -1, 4))               # (B, n, 4)
-    top_boxes = box_ops.decode(top_deltas, anchors[top_idx], validate=False)  # (B, n, 4)
-
-    def one_image(args):
-        boxes, scores, size, min_size = args
-        boxes = box_ops.clip_boxes(boxes, size, validate=False)
-        keep = box_ops.remove_small_boxes(boxes, min_size, validate=False)
-        # An anchor entirely outside this image (e.g. in the padding of a smaller image in the
-        # batch) clips to an empty box: never a proposal, even when min_size is 0.
-        keep = keep[(boxes[keep, 2] > boxes[keep, 0]) & (boxes[keep, 3] > boxes[keep, 1])]
-        boxes, scores = boxes[keep], scores[keep]
-        keep = box_ops.nms(boxes, scores, nms_iou, impl=nms_impl, validate=False)[:post_nms_top_n]
-        return boxes[keep], torch.sigmoid(scores[keep])
-
-    # The images are independent: on the CPU their NMS runs in parallel (frcnn_edu.parallel),
-    # from 4 images on (bench/: with 2, the hand-off costs about what it saves).
-    results = parallel_map(one_image, zip(top_boxes, top_scores, image_sizes, min_sizes),
+    top_boxes = box_ops.decode(top_deltas, anchors[top_idx], validate=False)          # (B, n, 4)
+    select = partial(select_proposals, nms_iou=nms_iou, post_nms_top_n=post_nms_top_n, nms_impl=nms_impl)
+    # The images are independent: on the CPU their NMS runs on parallel threads from 4 images
+    # on (frcnn_edu.parallel); the result is the same as the plain loop's.
+    results = parallel_map(lambda args: select(*args), zip(top_boxes, top_scores, image_sizes, min_sizes),
                            objectness.device, min_items=4)
     return [boxes for boxes, _ in results], [scores for _, scores in results]
+
+
+def select_proposals(boxes: torch.Tensor, logits: torch.Tensor, image_size, min_size: float, *,
+                     nms_iou: float, post_nms_top_n: int, nms_impl: str = "fast",
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 3-6 of the proposal layer for one image: boxes (n, 4), logits (n,) sorted by score.
+
+      3. clip the boxes to the image ("cross-boundary proposal boxes are clipped");
+      4. drop boxes smaller than min_size (and empty ones);
+      5. NMS at IoU nms_iou (0.7);
+      6. keep the post_nms_top_n best (2,000 train / 300 test).
+    Returns boxes (P, 4) and their objectness probabilities (P,).
+    """
+    boxes = box_ops.clip_boxes(boxes, image_size, validate=False)
+    keep = box_ops.remove_small_boxes(boxes, min_size, validate=False)
+    # An anchor entirely outside this image (e.g. in the padding of a smaller image in the
+    # batch) clips to an empty box: never a proposal, even when min_size is 0.
+    keep = keep[(boxes[keep, 2] > boxes[keep, 0]) & (boxes[keep, 3] > boxes[keep, 1])]
+    boxes, logits = boxes[keep], logits[keep]
+    keep = box_ops.nms(boxes, logits, nms_iou, impl=nms_impl, validate=False)[:post_nms_top_n]
+    return boxes[keep], torch.sigmoid(logits[keep])
 
 
 # ----------------------------------------------------------------------------------------------
 # Everything together
 # ----------------------------------------------------------------------------------------------
 class RegionProposalNetwork(nn.Module):
-    """Head + anchors + targets + loss + proposals.
+    """Head + anchors + targets + loss + proposals, with every setting read from `config`.
 
-    forward(features (B, C, H, W), image_sizes [(h, w)] x B, targets=None, min_sizes=0,
-            return_proposals=True)
+    forward(features (B, C, H, W), image_sizes [(h, w)] x B, targets=None, *, min_sizes=None,
+            return_proposals=True, pre_nms_top_n=None, post_nms_top_n=None, nms_iou=None)
       training: returns (proposals [(P_i, 4)], scores [(P_i,)], {"loss_rpn_cls", "loss_rpn_box"});
       eval:     returns (proposals, scores, {}).
     Proposals are in the coordinates of the network's input (the resized image) and are
     detached: approximate joint training ignores the gradient through them ([P] Sec. 3.2).
+    min_sizes: the smallest proposal side per image in those coordinates (default
+    config.rpn_min_size). The proposal settings default to the config's values for the current
+    mode (train / test); passing one overrides it for this call only.
     """
 
-    def __init__(self, in_channels: int, stride: int, *, anchor_sizes=(128, 256, 512),
-                 anchor_ratios=(0.5, 1.0, 2.0), mid_channels: int = 512,
-                 objectness: str = "softmax", pos_iou: float = 0.7, neg_iou: float = 0.3,
-                 batch_size: int = 256, positive_fraction: float = 0.5,
-                 allowed_border: float = 0.0, lambda_: float = 10.0,
-                 loss_normalization: str = "paper", smooth_l1_beta: float = 1.0,
-                 pre_nms_top_n=(12000, 6000), post_nms_top_n=(2000, 300), nms_iou: float = 0.7,
-                 nms_impl: str = "fast", init_std: float = 0.01):
+    def __init__(self, in_channels: int, stride: int, config: FasterRCNNConfig):
         super().__init__()
-        self.anchor_generator = AnchorGenerator(anchor_sizes, anchor_ratios, stride)
-        self.head = RPNHead(in_channels, self.anchor_generator.num_anchors, mid_channels,
-                            objectness, init_std)
-        self.pos_iou, self.neg_iou = pos_iou, neg_iou
-        self.batch_size, self.positive_fraction = batch_size, positive_fraction
-        self.allowed_border = allowed_border
-        self.lambda_, self.loss_normalization, self.smooth_l1_beta = lambda_, loss_normalization, smooth_l1_beta
-        self.pre_nms_top_n = dict(zip(("train", "test"), pre_nms_top_n))
-        self.post_nms_top_n = dict(zip(("train", "test"), post_nms_top_n))
-        self.nms_iou, self.nms_impl = nms_iou, nms_impl
+        self.config = config
+        self.anchor_generator = AnchorGenerator(config.anchor_sizes, config.anchor_ratios, stride)
+        self.head = RPNHead(in_channels, self.anchor_generator.num_anchors, config.rpn_mid_channels,
+                            config.rpn_objectness, config.init_std)
         self.generator: torch.Generator | None = None   # set by the trainer for reproducible sampling
 
-    def forward(self, features: torch.Tensor, image_sizes, targets=None, min_sizes=0.0,
-                return_proposals: bool = True):
+    def forward(self, features: torch.Tensor, image_sizes, targets=None, *, min_sizes=None,
+                return_proposals: bool = True, pre_nms_top_n: int | None = None,
+                post_nms_top_n: int | None = None, nms_iou: float | None = None):
+        c = self.config
         scores_map, deltas_map = self.head(features)
         height, width = features.shape[-2:]
         anchors = self.anchor_generator((height, width), device=features.device, dtype=features.dtype)
@@ -294,13 +296,17 @@ class RegionProposalNetwork(nn.Module):
         scores = flatten_head_output(scores_map, self.head.scores_per_anchor).float()   # (B, A, 2|1)
         deltas = flatten_head_output(deltas_map, 4).float()                              # (B, A, 4)
 
-        phase = "train" if self.training else "test"
         proposals, proposal_scores = [], []
         if return_proposals:   # training the RPN alone needs only the losses
+            if pre_nms_top_n is None:
+                pre_nms_top_n = c.rpn_pre_nms_top_n_train if self.training else c.rpn_pre_nms_top_n_test
+            if post_nms_top_n is None:
+                post_nms_top_n = c.rpn_post_nms_top_n_train if self.training else c.rpn_post_nms_top_n_test
             proposals, proposal_scores = generate_proposals(
                 objectness_logit(scores.detach()), deltas.detach(), anchors, image_sizes,
-                pre_nms_top_n=self.pre_nms_top_n[phase], post_nms_top_n=self.post_nms_top_n[phase],
-                nms_iou=self.nms_iou, min_sizes=min_sizes, nms_impl=self.nms_impl)
+                pre_nms_top_n=pre_nms_top_n, post_nms_top_n=post_nms_top_n,
+                nms_iou=c.rpn_nms_iou if nms_iou is None else nms_iou,
+                min_sizes=c.rpn_min_size if min_sizes is None else min_sizes, nms_impl=c.nms_impl)
         losses = {}
         if self.training:
             if targets is None:
@@ -308,20 +314,21 @@ class RegionProposalNetwork(nn.Module):
             labels, regression_targets = self.targets(anchors, targets, image_sizes)
             loss_cls, loss_box = rpn_loss(
                 scores, deltas, labels, regression_targets, num_locations=height * width,
-                lambda_=self.lambda_, normalization=self.loss_normalization,
-                batch_size_per_image=self.batch_size, beta=self.smooth_l1_beta)
+                lambda_=c.rpn_lambda, normalization=c.rpn_loss_normalization,
+                batch_size_per_image=c.rpn_batch_size, beta=c.rpn_smooth_l1_beta)
             losses = {"loss_rpn_cls": loss_cls, "loss_rpn_box": loss_box}
         return proposals, proposal_scores, losses
 
     @torch.no_grad()
     def targets(self, anchors: torch.Tensor, targets, image_sizes) -> tuple[torch.Tensor, torch.Tensor]:
         """Labels (B, A) and eq. 2 regression targets (B, A, 4) for a batch."""
+        c = self.config
         labels, regression = [], []
         for target, size in zip(targets, image_sizes):
             image_labels, matched = assign_anchor_targets(
-                anchors, target["boxes"], size, pos_iou=self.pos_iou, neg_iou=self.neg_iou,
-                batch_size=self.batch_size, positive_fraction=self.positive_fraction,
-                allowed_border=self.allowed_border, generator=self.generator)
+                anchors, target["boxes"], size, pos_iou=c.rpn_pos_iou, neg_iou=c.rpn_neg_iou,
+                batch_size=c.rpn_batch_size, positive_fraction=c.rpn_positive_fraction,
+                allowed_border=c.rpn_allowed_border, generator=self.generator)
             labels.append(image_labels)
             regression.append(box_ops.encode(matched, anchors, validate=False))
         return torch.stack(labels), torch.stack(regression)

@@ -1,4 +1,4 @@
-"""Sample photographs shipped with the repository, for notebooks and demos.
+"""Sample photographs and the shipped checkpoint, for notebooks, demos and benchmarks.
 
 The files live in `<repo>/data/images/` (public-domain / CC0 photos from
 scikit-image's data set; provenance in `data/README.md`). Nothing is
@@ -7,6 +7,10 @@ downloaded.
     import frcnn_edu.samples as samples
     samples.list_sample_images()          # ['astronaut', 'camera', ...]
     image = samples.load_sample_image("chelsea")   # (3, H, W) float32 in [0, 1]
+
+The constants SHIPPED_CHECKPOINT, SHAPES_TRAIN and SHAPES_HELD_OUT name the
+model and the built-in data the notebooks, the benchmarks and the `frcnn-edu`
+command share.
 """
 
 from pathlib import Path
@@ -15,9 +19,25 @@ import numpy as np
 import torch
 from PIL import Image
 
-# the package is <repo>/frcnn_edu, the photos are <repo>/data/images
-SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "images"
+REPO = Path(__file__).resolve().parent.parent
+"""The repository folder: the package is <repo>/frcnn_edu."""
+
+SAMPLE_DIR = REPO / "data" / "images"
+"""The sample photos."""
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+SHIPPED_CHECKPOINT = REPO / "data" / "checkpoints" / "shapes_tiny.pt"
+"""The checkpoint shipped with the repository: the shapes_tiny preset trained on SHAPES_TRAIN
+(how, and its mAP: data/README.md)."""
+
+# The built-in data: training images come from seed 0, held-out images from seed 1, so the two
+# never share an image.
+SHAPES_TRAIN = {"seed": 0, "num_images": 10000}
+"""ShapesDataset(**SHAPES_TRAIN): the built-in training images."""
+
+SHAPES_HELD_OUT = {"seed": 1, "num_images": 200}
+"""ShapesDataset(**SHAPES_HELD_OUT): the built-in held-out images, for evaluation."""
 
 
 def _sample_files():

@@ -14,28 +14,200 @@
 
 Both use SGD with momentum 0.9 and weight decay 5e-4, horizontal flips (p = 0.5) and the
 paper's learning-rate drop (x 0.1 after 3/4 of the iterations: 60k of 80k on VOC, Sec. 3.1.3).
-Losses are written as JSON lines for plotting; the checkpoint at `checkpoint` is rewritten every
-`checkpoint_every` iterations and at the end, and `resume=True` continues from it.
+Each stage is one call of `run_stage` (a StageRunner): which modules it trains, whether the shared conv layers
+stay fixed, and what loss it minimises. The bookkeeping (loss log, checkpoints every
+`checkpoint_every` iterations, `resume=True`) lives in frcnn_edu.session.
 """
 from __future__ import annotations
 
-import json
-import math
-import time
-from pathlib import Path
+from collections.abc import Callable
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoints import read_checkpoint, resolve_device, save_checkpoint
+from .checkpoints import resolve_device
 from .data.transforms import RandomHorizontalFlip
 from .faster_rcnn import FasterRCNN
+from .session import TimeLimitReached, TrainingSession
 
-STAGES = {
-    "joint": ["joint"],
-    "alternating": ["rpn", "detector", "rpn_finetune", "detector_finetune"],
-    "rpn": ["rpn"],
-}
+SCHEDULES = {"joint": 1, "alternating": 4, "rpn": 1}   # number of stages of each schedule
+
+
+def train(model: FasterRCNN, dataset, *, iters: int, batch_size: int = 2, lr: float | None = None,
+          schedule: str = "joint", checkpoint=None, checkpoint_every: int = 500, resume: bool = False,
+          device="auto", seed: int = 0, log=None, progress: bool = True, warmup: int = 0,
+          log_every: int = 10, time_limit: float | None = None, amp: bool = False) -> list[dict]:
+    """Train `model` in place on `dataset` ((image, target) pairs). Returns the loss history.
+
+    schedule: "joint" (approximate joint training), "alternating" (the 4 steps; `iters` is
+    split equally between them) or "rpn" (the RPN alone, [P] Sec. 3.1.3).
+    checkpoint: path rewritten every checkpoint_every iterations and at the end (with the
+    optimizer, iteration and RNG state); resume=True continues from it. log: path of a JSON
+    lines file with the averaged losses every log_every iterations. time_limit: stop early
+    (and checkpoint) after that many seconds. amp: mixed precision on CUDA (float16 convolutions
+    and matrix products under torch.autocast, a gradient scaler against underflow; box
+    arithmetic and losses stay float32).
+    Parameters that are frozen when train() is called (VGG-16's conv1-conv2 with ImageNet
+    weights, [P] Sec. 3.1.3) stay frozen through every stage and afterwards.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
+    if iters < 1 or batch_size < 1:
+        raise ValueError(f"iters and batch_size must be positive, got {iters} and {batch_size}")
+    device = resolve_device(device)
+    if amp and device.type != "cuda":
+        raise ValueError(f"amp=True (mixed precision) needs a CUDA device, got {device}")
+    model.to(device)
+    fixed = {p for p in model.parameters() if not p.requires_grad}
+    session = TrainingSession(model, schedule=schedule, num_stages=SCHEDULES[schedule], iters=iters,
+                              checkpoint=checkpoint, checkpoint_every=checkpoint_every, log=log,
+                              log_every=log_every, resume=resume, seed=seed, device=device,
+                              time_limit=time_limit)
+    run_stage = StageRunner(model, dataset, session, fixed, batch_size=batch_size, seed=seed, warmup=warmup,
+                        lr=lr if lr is not None else model.config.lr, device=device, amp=amp,
+                        progress=progress)
+    model.set_generator(session.generator)
+    try:
+        if schedule == "joint":
+            joint_training(model, run_stage)
+        elif schedule == "alternating":
+            alternating_training(model, run_stage, session)
+        else:   # the RPN alone ([P] Sec. 3.1.3)
+            run_stage(0, "rpn", trains=[model.backbone, model.rpn], losses=model.rpn_losses)
+        session.finish()
+    except TimeLimitReached:
+        pass
+    finally:
+        for p in model.parameters():   # also when interrupted: the model is usable as it is
+            p.requires_grad_(p not in fixed)
+        model.eval()
+        model.set_generator(None)
+        session.close()
+    return session.history
+
+
+def joint_training(model: FasterRCNN, run_stage: StageRunner) -> None:
+    """Approximate joint training ([P] Sec. 3.2): RPN loss + detector loss, one backward pass."""
+    run_stage(0, "joint", trains=[model], losses=model)
+
+
+def alternating_training(model: FasterRCNN, run_stage: StageRunner, session: TrainingSession) -> None:
+    """The 4-step alternating training of [P] Sec. 3.2, one `run_stage` call per step."""
+    # Step 1: train the RPN, initialised like the whole network (ImageNet, or from scratch).
+    run_stage(0, "rpn", trains=[model.backbone, model.rpn], losses=model.rpn_losses)
+
+    # Step 2: train a separate Fast R-CNN detector on step 1's proposals. It has its own conv
+    # layers, initialised as step 1's were; step 1's network only proposes (and keeps its RPN
+    # head for step 3).
+    step1_network = None
+    if session.first_iteration(1) == 0 and session.step1_network is None:
+        step1_network = _new_like(model, model.state_dict())
+        fresh = _new_like(model)
+        _reinitialise(model.backbone, fresh.backbone, keep=run_stage.fixed)
+        _reinitialise(model.fast_rcnn, fresh.fast_rcnn, keep=run_stage.fixed)
+        session.step1_network = {k: v.detach().cpu() for k, v in step1_network.state_dict().items()}
+    elif session.step1_network is not None:      # resumed during step 2
+        step1_network = _new_like(model, session.step1_network)
+    if step1_network is not None:
+        run_stage(1, "detector", trains=[model.backbone, model.fast_rcnn],
+                  losses=detector_losses(model, proposals_from=step1_network))
+
+    # Step 3: the detector's conv layers, now fixed, under step 1's RPN head: fine-tune only the
+    # layers unique to the RPN.
+    if step1_network is not None:
+        model.rpn.load_state_dict(step1_network.rpn.state_dict())
+        session.step1_network = None
+    run_stage(2, "rpn_finetune", trains=[model.rpn], fixed_backbone=True, losses=model.rpn_losses)
+
+    # Step 4: conv layers still fixed, fine-tune only the layers unique to Fast R-CNN, on step
+    # 3's proposals. Both now share the same conv layers: one unified network.
+    run_stage(3, "detector_finetune", trains=[model.fast_rcnn], fixed_backbone=True,
+              losses=detector_losses(model, proposals_from=model))
+
+
+def detector_losses(model: FasterRCNN, proposals_from: FasterRCNN) -> Callable:
+    """The detector's two losses on another network's (or the model's own) fixed proposals."""
+    def losses(images, targets) -> dict:
+        proposals = [p["boxes"] for p in proposals_from.propose(images)]
+        all_losses = model(images, targets, proposals=proposals)
+        return {k: all_losses[k] for k in ("loss_cls", "loss_box")}
+    return losses
+
+
+class StageRunner:
+    """run_stage: SGD on the `trains` modules for one stage, the rest of the model fixed.
+
+    run_stage(index, name, trains=[modules], losses=fn(images, targets) -> dict, fixed_backbone=False)
+    A stage finished before a resume is skipped; the one resumed continues where it stopped.
+    """
+
+    def __init__(self, model: FasterRCNN, dataset, session: TrainingSession, fixed: set, *,
+                 batch_size: int, seed: int, lr: float, warmup: int, device, amp: bool, progress: bool):
+        self.model, self.dataset, self.session, self.fixed = model, dataset, session, fixed
+        self.batch_size, self.seed, self.lr, self.warmup = batch_size, seed, lr, warmup
+        self.device, self.amp, self.progress = device, amp, progress
+        self.flip = RandomHorizontalFlip(model.config.flip_prob)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp)
+
+    def __call__(self, index: int, name: str, *, trains: list[nn.Module], losses: Callable,
+                 fixed_backbone: bool = False) -> None:
+        first = self.session.first_iteration(index)
+        if first is None:
+            return
+        model, config, n = self.model, self.model.config, self.session.stage_iters[index]
+        optimizer = torch.optim.SGD(self._trainable(trains), lr=self.lr, momentum=config.momentum,
+                                    weight_decay=config.weight_decay)
+        self.session.restore_optimizer(optimizer)
+        data = batches(self.dataset, self.batch_size, self.seed + 1000 * index, start=first)
+        bar = tqdm(range(first, n), initial=first, total=n, desc=f"train [{name}]",
+                   disable=not self.progress, leave=False)
+        for iteration in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(self.lr, iteration, n, config.lr_drop_at,
+                                            config.lr_drop_factor, self.warmup)
+            images, targets = next(data)
+            images, targets = zip(*[self.flip(img, tgt) for img, tgt in zip(images, targets)])
+            model.train()
+            if fixed_backbone:
+                model.backbone.eval()   # frozen BatchNorm statistics too
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                loss_terms = losses(list(images), list(targets))
+            optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(sum(loss_terms.values())).backward()   # without amp: plain backward
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            self.session.record(name, index, iteration, loss_terms, optimizer.param_groups[0]["lr"])
+            if self.session.history:
+                bar.set_postfix(loss=f"{self.session.history[-1]['loss']:.3f}")
+            self.session.end_iteration(index, iteration, optimizer)
+        self.session.end_stage(index)
+
+    def _trainable(self, modules: list[nn.Module]) -> list[nn.Parameter]:
+        """Freeze everything but `modules` (whose fixed parameters stay fixed); return the rest."""
+        trained = {p for module in modules for p in module.parameters()} - self.fixed
+        for p in self.model.parameters():
+            p.requires_grad_(p in trained)
+        return [p for p in self.model.parameters() if p.requires_grad]   # in the model's order
+
+
+def _new_like(model: FasterRCNN, state: dict | None = None) -> FasterRCNN:
+    """A fresh network of the same design (ImageNet weights if the model started from them)."""
+    network = FasterRCNN(model.num_classes, config=model.config, class_names=model.class_names,
+                         pretrained=model.pretrained)
+    if state is not None:
+        network.load_state_dict(state)
+    return network.to(next(model.parameters()).device)
+
+
+def _reinitialise(module: nn.Module, fresh: nn.Module, keep: set) -> None:
+    """module's weights <- fresh's, except the fixed parameters in `keep` (never trained, so
+    still at their initial values: e.g. VGG-16's conv1-conv2 from ImageNet)."""
+    state = fresh.state_dict()
+    for name, p in module.named_parameters():
+        if p in keep:
+            state[name] = p.detach()
+    module.load_state_dict(state)
 
 
 def batches(dataset, batch_size: int, seed: int, start: int = 0):
@@ -62,204 +234,6 @@ def learning_rate(base_lr: float, iteration: int, iters: int, drop_at: float, fa
     if warmup and iteration < warmup:
         lr *= (iteration + 1) / warmup
     return lr
-
-
-def _set_frozen(module: torch.nn.Module, frozen: bool) -> None:
-    for p in module.parameters():
-        p.requires_grad_(not frozen)
-
-
-class _Stage:
-    """What one training stage optimises and how it computes its loss."""
-
-    def __init__(self, name: str, model: FasterRCNN, proposal_model: FasterRCNN | None = None):
-        self.name, self.model, self.proposal_model = name, model, proposal_model
-
-    def prepare(self) -> list:
-        """Freeze what the stage keeps fixed; return the parameters it trains."""
-        model = self.model
-        _set_frozen(model, False)
-        if self.name in ("rpn_finetune", "detector_finetune"):
-            _set_frozen(model.backbone, True)
-        if self.name == "detector_finetune":
-            _set_frozen(model.rpn, True)
-        if self.name in ("rpn", "rpn_finetune"):
-            _set_frozen(model.roi_head, True)
-        if self.name == "detector":
-            _set_frozen(model.rpn, True)
-        return [p for p in model.parameters() if p.requires_grad]
-
-    def set_mode(self) -> None:
-        self.model.train()
-        if self.name in ("rpn_finetune", "detector_finetune"):
-            self.model.backbone.eval()   # frozen BatchNorm statistics too
-
-    def losses(self, images, targets) -> dict:
-        if self.name in ("rpn", "rpn_finetune"):
-            return self.model.rpn_losses(images, targets)
-        if self.name in ("detector", "detector_finetune"):
-            source = self.proposal_model if self.name == "detector" else self.model
-            proposals = [p["boxes"] for p in source.propose(images)]
-            losses = self.model(images, targets, proposals=proposals)
-            return {k: v for k, v in losses.items() if k in ("loss_cls", "loss_box")}
-        return self.model(images, targets)
-
-
-def train(model: FasterRCNN, dataset, *, iters: int, batch_size: int = 2, lr: float | None = None,
-          schedule: str = "joint", checkpoint=None, checkpoint_every: int = 500, resume: bool = False,
-          device="auto", seed: int = 0, log=None, progress: bool = True, warmup: int = 0,
-          log_every: int = 10, time_limit: float | None = None, amp: bool = False) -> list[dict]:
-    """Train `model` in place on `dataset` ((image, target) pairs). Returns the loss history.
-
-    schedule: "joint" (approximate joint training), "alternating" (the 4 steps; `iters` is
-    split equally between them) or "rpn" (the RPN alone, [P] Sec. 3.1.3).
-    checkpoint: path rewritten every checkpoint_every iterations and at the end (with the
-    optimizer, iteration and RNG state); resume=True continues from it. log: path of a JSON
-    lines file with the averaged losses every log_every iterations. time_limit: stop early
-    (and checkpoint) after that many seconds. amp: mixed precision on CUDA (float16 convolutions
-    and matrix products under torch.autocast, a gradient scaler against underflow; box
-    arithmetic and losses stay float32).
-    """
-    if schedule not in STAGES:
-        raise ValueError(f"schedule must be one of {sorted(STAGES)}, got {schedule!r}")
-    if iters < 1 or batch_size < 1:
-        raise ValueError(f"iters and batch_size must be positive, got {iters} and {batch_size}")
-    device = resolve_device(device)
-    if amp and device.type != "cuda":
-        raise ValueError(f"amp=True (mixed precision) needs a CUDA device, got {device}")
-    model.to(device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    base_lr = lr if lr is not None else model.config.lr
-    stage_names = STAGES[schedule]
-    stage_iters = [iters // len(stage_names) + (1 if i < iters % len(stage_names) else 0)
-                   for i in range(len(stage_names))]
-
-    state = {"schedule": schedule, "stage": 0, "iteration": 0, "iters": iters, "history": []}
-    helper = None   # step 1's separate RPN network, used for step 2's proposals
-    optimizer_state = None
-    if resume and checkpoint is not None and Path(checkpoint).exists():
-        payload = read_checkpoint(checkpoint)
-        saved = payload.get("training")
-        if saved is None or saved["schedule"] != schedule:
-            raise ValueError(f"cannot resume from {checkpoint}: it was not written by "
-                             f"train(schedule={schedule!r})")
-        model.load_state_dict(payload["model"])
-        state = {k: saved[k] for k in ("schedule", "stage", "iteration", "iters", "history")}
-        optimizer_state = saved.get("optimizer")
-        torch.set_rng_state(saved["rng"])
-        generator_state = saved.get("generator")
-        if state["stage"] >= len(stage_names) and iters > state["iters"]:
-            # A finished run asked for more iterations: extend its (single) stage.
-            if len(stage_names) > 1:
-                raise ValueError(f"{checkpoint} is a finished {schedule} run of {state['iters']} "
-                                 f"iterations; an alternating schedule cannot be extended, start a new one")
-            state.update(stage=0, iteration=state["iters"], iters=iters)
-        elif iters != state["iters"]:
-            raise ValueError(f"{checkpoint} was written by a run of {state['iters']} iterations; "
-                             f"resume it with the same iters (or more, once it has finished)")
-        if saved.get("helper") is not None:
-            helper = FasterRCNN(model.num_classes, config=model.config, class_names=model.class_names).to(device)
-            helper.load_state_dict(saved["helper"])
-    else:
-        torch.manual_seed(seed)
-        generator_state = None
-    generator = torch.Generator(device=device).manual_seed(seed + 1)
-    if generator_state is not None:
-        generator.set_state(generator_state)
-    model.set_generator(generator)
-
-    flip = RandomHorizontalFlip(model.config.flip_prob)
-    log_file = open(log, "a") if log is not None else None
-    history = state["history"]
-    started = time.perf_counter()
-    try:
-        for stage_index in range(state["stage"], len(stage_names)):
-            name = stage_names[stage_index]
-            if name == "detector":
-                # Step 2: the detector gets its own, fresh conv layers; step 1's network only
-                # provides proposals. The trained step-1 RPN head is kept for step 3.
-                if helper is None:
-                    helper = FasterRCNN(model.num_classes, config=model.config,
-                                        class_names=model.class_names).to(device)
-                    helper.load_state_dict(model.state_dict())
-                    fresh = FasterRCNN(model.num_classes, config=model.config,
-                                       class_names=model.class_names).to(device)
-                    model.backbone.load_state_dict(fresh.backbone.state_dict())
-                    model.roi_head.load_state_dict(fresh.roi_head.state_dict())
-            if name == "rpn_finetune" and helper is not None:
-                # Step 3: the detector's conv layers with step 1's RPN head on top.
-                model.rpn.load_state_dict(helper.rpn.state_dict())
-                helper = None
-            stage = _Stage(name, model, helper)
-            params = stage.prepare()
-            optimizer = torch.optim.SGD(params, lr=base_lr, momentum=model.config.momentum,
-                                        weight_decay=model.config.weight_decay)
-            if optimizer_state is not None:
-                optimizer.load_state_dict(optimizer_state)
-                optimizer_state = None
-            n = stage_iters[stage_index]
-            first = state["iteration"] if stage_index == state["stage"] else 0
-            data = batches(dataset, batch_size, seed + 1000 * stage_index, start=first)
-            bar = tqdm(range(first, n), desc=f"train [{name}]", disable=not progress, leave=False)
-            sums, count = {}, 0
-            for iteration in bar:
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(base_lr, iteration, n, model.config.lr_drop_at,
-                                                model.config.lr_drop_factor, warmup)
-                images, targets = next(data)
-                images, targets = zip(*[flip(img, tgt) for img, tgt in zip(images, targets)])
-                stage.set_mode()
-                with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                    losses = stage.losses(list(images), list(targets))
-                loss = sum(losses.values())
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()   # without amp: loss.backward(), optimizer.step()
-                scaler.step(optimizer)
-                scaler.update()
-
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + v.detach()
-                count += 1
-                if count == log_every or iteration == n - 1:
-                    record = {"stage": name, "iter": iteration + 1, "lr": optimizer.param_groups[0]["lr"],
-                              **{k: float(v) / count for k, v in sums.items()},
-                              "time": round(time.perf_counter() - started, 2)}
-                    record["loss"] = sum(record[k] for k in sums)
-                    if not math.isfinite(record["loss"]):
-                        raise FloatingPointError(
-                            f"training diverged at {name} iteration {iteration + 1}: losses {record}; "
-                            f"try a smaller learning rate (--lr)")
-                    history.append(record)
-                    if log_file:
-                        log_file.write(json.dumps(record) + "\n")
-                        log_file.flush()
-                    bar.set_postfix(loss=f"{record['loss']:.3f}")
-                    sums, count = {}, 0
-                state.update(stage=stage_index, iteration=iteration + 1)
-                out_of_time = time_limit is not None and time.perf_counter() - started > time_limit
-                if checkpoint is not None and ((iteration + 1) % checkpoint_every == 0 or out_of_time):
-                    _save(checkpoint, model, optimizer, state, helper, generator)
-                if out_of_time:
-                    return history
-            state.update(stage=stage_index + 1, iteration=0)
-        state["iters"] = iters
-        if checkpoint is not None:
-            _save(checkpoint, model, None, state, None, generator)
-    finally:
-        _set_frozen(model, False)   # also when interrupted: the model is usable as it is
-        model.eval()
-        if log_file:
-            log_file.close()
-        model.set_generator(None)
-    return history
-
-
-def _save(path, model, optimizer, state, helper, generator) -> None:
-    training = {**state, "rng": torch.get_rng_state(), "generator": generator.get_state(),
-                "optimizer": optimizer.state_dict() if optimizer is not None else None,
-                "helper": ({k: v.detach().cpu() for k, v in helper.state_dict().items()}
-                           if helper is not None else None)}
-    save_checkpoint(path, model, training)
 
 
 def train_rpn(model: FasterRCNN, dataset, *, iters: int, **kwargs) -> list[dict]:

@@ -33,6 +33,7 @@ def test_train_writes_checkpoint_and_loss_log(checkpoint):
     assert records[-1]["iter"] == 2 and all(k in records[-1] for k in ("loss_rpn_cls", "loss_cls"))
 
 
+@pytest.mark.slow
 def test_voc_copy_on_disk_gives_the_same_map_as_in_memory(tmp_path, checkpoint, capsys):
     """The readers lose nothing: the same images written as VOC (PNG) evaluate identically."""
     ShapesDataset(seed=1, num_images=6).write_voc(tmp_path / "voc", split="test", image_format="png")
@@ -46,6 +47,7 @@ def test_voc_copy_on_disk_gives_the_same_map_as_in_memory(tmp_path, checkpoint, 
     assert "mAP" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_detect_writes_pictures_and_json(tmp_path, checkpoint):
     image = tmp_path / "shape.png"
     from PIL import Image

@@ -322,10 +322,10 @@ def test_compressed_head_keeps_the_detections_of_a_model_and_cannot_be_saved(tmp
     with torch.no_grad():
         features = torch.rand(1, model.backbone.out_channels, 6, 8)
         rois = T([[0, 4, 4, 60, 50], [0, 10, 20, 90, 80]])
-        dense = model.roi_head(features, rois)
-        fc6 = model.roi_head.fc6
-        model.roi_head.compress(min(fc6.weight.shape), model.config.representation_size)   # full rank
-        exact = model.roi_head(features, rois)
+        dense = model.fast_rcnn.head(features, rois)
+        fc6 = model.fast_rcnn.head.fc6
+        model.fast_rcnn.head.compress(min(fc6.weight.shape), model.config.representation_size)   # full rank
+        exact = model.fast_rcnn.head(features, rois)
         assert set(model([image])[0]) == {"boxes", "labels", "scores"}
     for a, b in zip(dense, exact):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

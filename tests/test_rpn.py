@@ -15,18 +15,13 @@ from torch import nn
 
 from frcnn_edu import boxes as box_ops
 from frcnn_edu.anchors import AnchorGenerator, flatten_head_output, inside_image
+from frcnn_edu.config import FasterRCNNConfig
 from frcnn_edu.rpn import (RegionProposalNetwork, RPNHead, assign_anchor_targets,
                            generate_proposals, objectness_logit, rpn_loss, sample_anchors)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, loaded CPU, OpenMP threads competing with other
-    processes make these small convolutions 5-10x slower; results do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread for the whole module (tests/conftest.py says why).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def T(rows):
@@ -408,11 +403,17 @@ SIZES, RATIOS = (16, 32), (0.5, 1.0, 2.0)
 K = len(SIZES) * len(RATIOS)
 
 
-def _stub_rpn(scores, deltas, spa, **kwargs):
-    kwargs.setdefault("pre_nms_top_n", (1000, 1000))
-    kwargs.setdefault("post_nms_top_n", (1000, 1000))
-    rpn = RegionProposalNetwork(4, STRIDE, anchor_sizes=SIZES, anchor_ratios=RATIOS, mid_channels=4,
-                                **kwargs)
+def _rpn(in_channels, stride=STRIDE, **settings):
+    """A RegionProposalNetwork whose config changes `settings` (FasterRCNNConfig field names);
+    no minimum proposal size unless asked for."""
+    settings.setdefault("rpn_min_size", 0.0)
+    return RegionProposalNetwork(in_channels, stride, FasterRCNNConfig(**settings))
+
+
+def _stub_rpn(scores, deltas, spa, **settings):
+    rpn = _rpn(4, anchor_sizes=SIZES, anchor_ratios=RATIOS, rpn_mid_channels=4,
+               rpn_pre_nms_top_n_train=1000, rpn_pre_nms_top_n_test=1000,
+               rpn_post_nms_top_n_train=1000, rpn_post_nms_top_n_test=1000, **settings)
     rpn.head = StubHead(scores, deltas, spa)
     return rpn.eval()
 
@@ -595,17 +596,17 @@ def test_proposals_clipped_to_each_images_own_size():
 # ----------------------------------------------------------------------------------------------
 # RegionProposalNetwork, the whole module
 # ----------------------------------------------------------------------------------------------
-def _small_rpn(**kwargs):
+def _small_rpn(**settings):
     torch.manual_seed(0)
-    kwargs.setdefault("pre_nms_top_n", (200, 100))
-    kwargs.setdefault("post_nms_top_n", (50, 20))
-    return RegionProposalNetwork(8, STRIDE, anchor_sizes=(16, 32), mid_channels=16, **kwargs)
+    return _rpn(8, anchor_sizes=(16, 32), rpn_mid_channels=16, rpn_pre_nms_top_n_train=200,
+                rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_train=50, rpn_post_nms_top_n_test=20,
+                **settings)
 
 
 @pytest.mark.parametrize("objectness", ["softmax", "sigmoid"])
 @pytest.mark.parametrize("normalization", ["paper", "sampled"])
 def test_rpn_training_returns_finite_losses_and_proposals(objectness, normalization):
-    rpn = _small_rpn(objectness=objectness, loss_normalization=normalization).train()
+    rpn = _small_rpn(rpn_objectness=objectness, rpn_loss_normalization=normalization).train()
     features = torch.randn(2, 8, H, W, requires_grad=True)
     targets = [{"boxes": T([[10, 10, 40, 30], [50, 20, 90, 70]])}, {"boxes": T([[0, 0, 20, 20]])}]
     sizes = [(H * STRIDE, W * STRIDE), (60, 70)]
@@ -649,7 +650,7 @@ def test_rpn_image_smaller_than_stride():
     assert losses["loss_rpn_cls"].item() == 0.0 and losses["loss_rpn_box"].item() == 0.0
     sum(losses.values()).backward()
     assert (proposals[0][:, 2:] <= 8).all()
-    rpn_inf = _small_rpn(allowed_border=float("inf")).train()
+    rpn_inf = _small_rpn(rpn_allowed_border=float("inf")).train()
     _, _, losses = rpn_inf(torch.randn(1, 8, 1, 1), [(8, 8)], [{"boxes": T([[1, 1, 7, 7]])}])
     assert losses["loss_rpn_cls"] > 0 and losses["loss_rpn_box"] > 0
 
@@ -683,7 +684,7 @@ def test_paper_anchor_counts_through_the_rpn():
     """Sec. 3.3: a 600 x 1000 image through VGG-16 (Caffe rounding) gives a 38 x 63 map:
     2,394 positions (N_reg ~ 2,400) and 21,546 anchors (the paper's "about 20,000");
     8,044 of them lie inside the image (the paper reports "about 6,000" with its own anchors)."""
-    rpn = RegionProposalNetwork(512, 16, mid_channels=8, post_nms_top_n=(2000, 300)).eval()
+    rpn = _rpn(512, 16, rpn_mid_channels=8).eval()
     features = torch.randn(1, 512, 38, 63)
     scores_map, deltas_map = rpn.head(features)
     assert flatten_head_output(scores_map, 2).shape == (1, 21_546, 2)

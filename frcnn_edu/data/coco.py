@@ -22,11 +22,10 @@ import math
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
+from .loading import load_sample
 from .targets import validate_target
-from .transforms import to_float_image
 
 
 class COCODataset(Dataset):
@@ -126,23 +125,8 @@ class COCODataset(Dataset):
         return len(self.image_ids)
 
     def __getitem__(self, index):
-        path = self.images[index]
-        try:
-            with Image.open(path) as pil:
-                pil = pil.convert("RGB")  # also forces the full decode inside the try
-        except (OSError, ValueError, SyntaxError, EOFError) as err:
-            raise ValueError(f"{path}: cannot decode image: {err}") from None
-        height, width = self.sizes[index]
-        if (pil.height, pil.width) != (height, width):
-            raise ValueError(
-                f"{path}: image is {pil.height}x{pil.width} (HxW) but {self.annotation_json} "
-                f"says {height}x{width}; the boxes would not match"
-            )
-        image = to_float_image(pil)
-        target = {k: v.clone() if torch.is_tensor(v) else v for k, v in self.targets[index].items()}
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target
+        return load_sample(self.images[index], self.sizes[index], self.targets[index], self.transforms,
+                           described_by=str(self.annotation_json))
 
 
 def _load_json(path):

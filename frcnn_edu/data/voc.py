@@ -11,7 +11,9 @@ as floats and converted once to frcnn_edu's continuous coordinates:
     x1 = xmin - 1,  y1 = ymin - 1,  x2 = xmax,  y2 = ymax
 
 Reading them as floats matters: readers that store them in unsigned integers
-turn the -1 of already 0-based user data into 65535 (PITFALLS: jwyang #594).
+turn the -1 of already 0-based user data into 65535 (py-faster-rcnn's
+lib/datasets/pascal_voc.py keeps them in np.uint16,
+https://github.com/rbgirshick/py-faster-rcnn).
 Boxes up to 1 pixel outside the image are clipped; further out is an error
 naming the file. Every annotation is parsed and checked when the dataset is
 built, so a bad file fails at once, not hours into training.
@@ -22,11 +24,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
+from .loading import load_sample
 from .targets import validate_target
-from .transforms import to_float_image
 
 BORDER_TOLERANCE = 1.0  # pixels a converted box may stick out of its image before it is an error
 
@@ -86,23 +87,7 @@ class VOCDataset(Dataset):
         return len(self.ids)
 
     def __getitem__(self, index):
-        path = self.images[index]
-        try:
-            with Image.open(path) as pil:
-                pil = pil.convert("RGB")  # also forces the full decode inside the try
-        except (OSError, ValueError, SyntaxError, EOFError) as err:
-            raise ValueError(f"{path}: cannot decode image: {err}") from None
-        height, width = self.sizes[index]
-        if (pil.height, pil.width) != (height, width):
-            raise ValueError(
-                f"{path}: image is {pil.height}x{pil.width} (HxW) but its annotation says "
-                f"{height}x{width}; the boxes would not match"
-            )
-        image = to_float_image(pil)
-        target = {k: v.clone() if torch.is_tensor(v) else v for k, v in self.targets[index].items()}
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target
+        return load_sample(self.images[index], self.sizes[index], self.targets[index], self.transforms)
 
 
 def _read_split(path):

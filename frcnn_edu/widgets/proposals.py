@@ -68,13 +68,8 @@ def proposals_before_nms(model, image: torch.Tensor) -> tuple[torch.Tensor, torc
     """A trained model's RPN proposals for one image with its NMS switched off: boxes (P, 4),
     scores (P,) best first -- the input NMS works on (after top-N, decoding, clipping and the
     small-box filter). Switching off = threshold 1.0 (suppress only IoU > 1) and no post-NMS cut."""
-    rpn = model.rpn
-    saved = rpn.nms_iou, dict(rpn.post_nms_top_n)
-    rpn.nms_iou, rpn.post_nms_top_n["test"] = 1.0, rpn.pre_nms_top_n["test"]
-    try:
-        out = model.propose([image])[0]
-    finally:
-        rpn.nms_iou, rpn.post_nms_top_n = saved[0], saved[1]
+    every = model.config.rpn_pre_nms_top_n_test
+    out = model.propose([image], nms_iou=1.0, post_nms_top_n=every)[0]
     return out["boxes"].cpu(), out["scores"].cpu()
 
 
