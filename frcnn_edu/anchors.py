@@ -31,44 +31,22 @@ torchvision after pytorch/vision#2171): ratio 2 is a tall box, 0.5 a wide one.
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from .boxes import _check_box_tensor, _check_box_values, _check_image_size, _check_impl
-
-
-def _check_positive_list(values, name: str) -> tuple:
-    try:
-        values = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a sequence of positive numbers, got {values!r}") from None
-    if len(values) == 0:
-        raise ValueError(f"{name} must not be empty")
-    for i, v in enumerate(values):
-        if not (math.isfinite(v) and v > 0):
-            raise ValueError(f"{name}[{i}] must be positive and finite, got {v}; {name} = {values}")
-    return values
-
-
-def _check_positive(value, name: str) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive number, got {value}")
-    return value
-
-
-def _check_feature_size(feature_size) -> tuple:
-    try:
-        h, w = (int(v) for v in feature_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"feature_size must be (H, W), got {feature_size!r}") from None
-    if h < 0 or w < 0:
-        raise ValueError(f"feature_size must be (H, W) with H, W >= 0, got {(h, w)}")
-    return h, w
+from .checks import (
+    check_border,
+    check_box_tensor,
+    check_box_values,
+    check_feature_size,
+    check_finite,
+    check_image_size,
+    check_impl,
+    check_positive,
+    check_positive_list,
+)
 
 
 def generate_base_anchors(sizes=(128, 256, 512), ratios=(0.5, 1.0, 2.0), dtype=torch.float32) -> Tensor:
@@ -80,8 +58,8 @@ def generate_base_anchors(sizes=(128, 256, 512), ratios=(0.5, 1.0, 2.0), dtype=t
     Order: ratios outer, sizes inner (see the module docstring). The defaults
     are the paper's 3 scales x 3 ratios (Sec. 3.1.1).
     """
-    sizes = _check_positive_list(sizes, "sizes")
-    ratios = _check_positive_list(ratios, "ratios")
+    sizes = check_positive_list(sizes, "sizes")
+    ratios = check_positive_list(ratios, "ratios")
     anchors = []
     for r in ratios:
         for s in sizes:
@@ -114,9 +92,9 @@ def generate_base_anchors_legacy(base_size=16, ratios=(0.5, 1, 2), scales=(8, 16
 
     Order: ratios outer, scales inner, the same as ``generate_base_anchors``.
     """
-    ratios = _check_positive_list(ratios, "ratios")
-    scales = _check_positive_list(scales, "scales")
-    base_size = _check_positive(base_size, "base_size")
+    ratios = check_positive_list(ratios, "ratios")
+    scales = check_positive_list(scales, "scales")
+    base_size = check_positive(base_size, "base_size")
     ratios_t = torch.tensor(ratios, dtype=torch.float64)
     scales_t = torch.tensor(scales, dtype=torch.float64)
     # Step 1: the base box [0, 0, base_size - 1, base_size - 1].
@@ -177,66 +155,61 @@ def shift_anchors(base_anchors: Tensor, feature_size, stride, offset: float = 0.
     ``impl="reference"`` is a plain loop over (y, x); ``impl="fast"`` broadcasts.
     Both return identical tensors on ``base_anchors``'s device and dtype.
     """
-    _check_impl(impl)
-    _check_box_tensor(base_anchors, "base_anchors", batched=False)
-    height, width = _check_feature_size(feature_size)
-    stride = _check_positive(stride, "stride")
-    offset = float(offset)
-    if not math.isfinite(offset):
-        raise ValueError(f"offset must be a finite number, got {offset}")
+    check_impl(impl)
+    check_box_tensor(base_anchors, "base_anchors", batched=False)
+    height, width = check_feature_size(feature_size)
+    stride = check_positive(stride, "stride")
+    offset = check_finite(float(offset), "offset")
     if impl == "fast":
         return _shift_anchors_fast(base_anchors, height, width, stride, offset)
     return _shift_anchors_reference(base_anchors, height, width, stride, offset)
 
 
 class AnchorGenerator:
-    """Anchors for a feature map of a given size, cached.
+    """The anchors of a feature map of a given size.
 
     ``AnchorGenerator(sizes, ratios, stride)(feature_size, device=...)`` returns
-    ``(H*W*k, 4)`` anchors in image coordinates, in the module's anchor order.
-    ``num_anchors`` is k, ``base_anchors`` the ``(k, 4)`` float32 base anchors
-    (on the CPU).
+    ``(H*W*k, 4)`` anchors in image coordinates, in the module's anchor order:
+    the k base anchors (``generate_base_anchors``) shifted to every cell
+    (``shift_anchors``). ``num_anchors`` is k, ``base_anchors`` the ``(k, 4)``
+    float32 base anchors (on the CPU).
 
-    Results are cached per (H, W, device, dtype) in a small LRU cache
-    (``max_cache_size`` entries), so a training loop over images of a few sizes
-    builds each grid once, and memory stays bounded when sizes vary. The
-    returned tensor is the cached one: do not modify it in place.
+    Why a cache: the anchors depend only on the feature map's size (and the
+    device and dtype they are wanted in), never on the image's content, so
+    there is no need to rebuild them for every image. Calls are cached per
+    (H, W, device, dtype) in a small LRU cache (``max_cache_size`` entries,
+    ``_lru_get`` at the bottom of this module): a training loop over images of
+    a few sizes builds each grid once, and memory stays bounded when sizes
+    vary. The returned tensor is the cached one: do not modify it in place.
+    ``grid_anchors`` computes them without the cache.
     """
 
     max_cache_size = 32
 
     def __init__(self, sizes=(128, 256, 512), ratios=(0.5, 1.0, 2.0), stride=16, offset=0.5):
-        self.sizes = _check_positive_list(sizes, "sizes")
-        self.ratios = _check_positive_list(ratios, "ratios")
-        self.stride = _check_positive(stride, "stride")
-        self.offset = float(offset)
-        if not math.isfinite(self.offset):
-            raise ValueError(f"offset must be a finite number, got {offset}")
+        self.sizes = check_positive_list(sizes, "sizes")
+        self.ratios = check_positive_list(ratios, "ratios")
+        self.stride = check_positive(stride, "stride")
+        self.offset = check_finite(offset, "offset")
         self.base_anchors = generate_base_anchors(self.sizes, self.ratios)
         self.num_anchors = self.base_anchors.shape[0]
-        self._cache: "OrderedDict[tuple, Tensor]" = OrderedDict()
+        self._cache: OrderedDict[tuple, Tensor] = OrderedDict()
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(sizes={self.sizes}, ratios={self.ratios}, "
                 f"stride={self.stride}, offset={self.offset})")
 
-    def __call__(self, feature_size, device=None, dtype=torch.float32) -> Tensor:
-        height, width = _check_feature_size(feature_size)
-        device = torch.device("cpu") if device is None else torch.device(device)
-        if device.type == "cuda" and device.index is None:
-            # "cuda" and "cuda:0" are the same device: one cache entry.
-            device = torch.device("cuda", torch.cuda.current_device())
-        key = (height, width, device, dtype)
-        anchors = self._cache.get(key)
-        if anchors is not None:
-            self._cache.move_to_end(key)  # most recently used
-            return anchors
+    def grid_anchors(self, feature_size, device=None, dtype=torch.float32) -> Tensor:
+        """The anchors of an H x W feature map, computed afresh: ``(H*W*k, 4)``."""
         base = self.base_anchors.to(device=device, dtype=dtype)
-        anchors = shift_anchors(base, (height, width), self.stride, self.offset)
-        self._cache[key] = anchors
-        if len(self._cache) > self.max_cache_size:
-            self._cache.popitem(last=False)  # drop the least recently used
-        return anchors
+        return shift_anchors(base, feature_size, self.stride, self.offset)
+
+    def __call__(self, feature_size, device=None, dtype=torch.float32) -> Tensor:
+        """``grid_anchors(feature_size, device, dtype)``, cached."""
+        height, width = check_feature_size(feature_size)
+        device = _canonical_device(device)
+        return _lru_get(self._cache, (height, width, device, dtype), self.max_cache_size,
+                        lambda: self.grid_anchors((height, width), device, dtype))
 
 
 def inside_image(anchors: Tensor, image_size, allowed_border: float = 0, *, validate: bool = True) -> Tensor:
@@ -249,13 +222,11 @@ def inside_image(anchors: Tensor, image_size, allowed_border: float = 0, *, vali
     ``allowed_border=float("inf")`` keeps every anchor (torchvision's
     behaviour); a negative border demands a margin inside the image.
     """
-    _check_box_tensor(anchors, "anchors", batched=False)
-    height, width = _check_image_size(image_size)
-    b = float(allowed_border)
-    if math.isnan(b):
-        raise ValueError("allowed_border must be a number (float('inf') keeps all anchors), got nan")
+    check_box_tensor(anchors, "anchors", batched=False)
+    height, width = check_image_size(image_size)
+    b = check_border(allowed_border)
     if validate:
-        _check_box_values(anchors, "anchors")
+        check_box_values(anchors, "anchors")
     return (
         (anchors[:, 0] >= -b)
         & (anchors[:, 1] >= -b)
@@ -285,3 +256,28 @@ def flatten_head_output(x: Tensor, values_per_anchor: int) -> Tensor:
     # reshape, not view, so that any memory layout works; for a contiguous or a
     # channels_last tensor no data is copied until the final reshape (if at all).
     return x.reshape(n, k, v, height, width).permute(0, 3, 4, 1, 2).reshape(n, height * width * k, v)
+
+
+# ---------------------------------------------------------------------------
+# The AnchorGenerator's cache
+# ---------------------------------------------------------------------------
+
+
+def _canonical_device(device) -> torch.device:
+    """One cache key per device: None -> cpu, and "cuda" -> "cuda:<current>" (the same device)."""
+    device = torch.device("cpu") if device is None else torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _lru_get(cache: OrderedDict, key, max_size: int, build: Callable[[], Tensor]) -> Tensor:
+    """``cache[key]``, built with ``build()`` on a miss; keeps the ``max_size`` most recently used."""
+    value = cache.get(key)
+    if value is not None:
+        cache.move_to_end(key)  # most recently used
+        return value
+    value = cache[key] = build()
+    if len(cache) > max_size:
+        cache.popitem(last=False)  # drop the least recently used
+    return value

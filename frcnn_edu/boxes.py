@@ -15,7 +15,8 @@ device-to-host sync) and, by default, the *values* of the boxes they are given
 (finite, ``x2 >= x1``, ``y2 >= y1``). Checking values needs the result on the
 host, which on a GPU is a synchronisation, so every function that takes boxes
 has a keyword-only ``validate=True``. The model validates its targets once, at
-the door, and then passes ``validate=False`` in its hot paths.
+the door, and then passes ``validate=False`` in its hot paths. The checks
+themselves are in ``frcnn_edu.checks``, out of the way of the formulas.
 
 NMS has two implementations, chosen with ``impl``: ``"fast"`` calls
 torchvision's compiled kernel, ``"reference"`` is the same greedy algorithm in
@@ -29,131 +30,20 @@ import torch
 import torchvision
 from torch import Tensor
 
-# Largest dw, dh that decode() feeds to exp(): a box at most 1000/16 = 62.5
-# times wider or taller than its anchor. Early in training the regressor can
-# predict wild deltas, and exp() of them would overflow to inf (then NaN in the
-# loss). py-faster-rcnn and torchvision clip at the same value
-# (BBOX_XFORM_CLIP = log(1000 / 16)).
-BBOX_XFORM_CLIP = math.log(1000.0 / 16)
-
-_IMPLS = ("fast", "reference")
-
-
-# ---------------------------------------------------------------------------
-# Validation helpers
-# ---------------------------------------------------------------------------
-
-
-def _shape(t: Tensor) -> tuple:
-    return tuple(t.shape)
-
-
-def _require_tensor(x, name: str) -> None:
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-
-
-def _check_box_tensor(boxes: Tensor, name: str, batched: bool) -> None:
-    """Type and shape of a box tensor: floating, ``(N, 4)`` (or ``(..., 4)`` if batched)."""
-    _require_tensor(boxes, name)
-    wanted = "(..., 4)" if batched else "(N, 4)"
-    ok_shape = boxes.shape[-1:] == (4,) if batched else (boxes.dim() == 2 and boxes.shape[1] == 4)
-    if not ok_shape:
-        raise ValueError(f"{name} must have shape {wanted}, got shape {_shape(boxes)}")
-    if not boxes.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {boxes.dtype}; {name} has shape {_shape(boxes)}")
-
-
-def _check_box_values(boxes: Tensor, name: str, positive_size: bool = False) -> None:
-    """Values of a ``(..., 4)`` box tensor: finite, x2 >= x1, y2 >= y1 (> if positive_size).
-
-    One host sync when everything is fine; the error path finds the first bad box.
-    """
-    if boxes.numel() == 0:
-        return
-    finite = torch.isfinite(boxes).all(dim=-1)
-    w = boxes[..., 2] - boxes[..., 0]
-    h = boxes[..., 3] - boxes[..., 1]
-    if positive_size:
-        bad_w, bad_h = ~(w > 0), ~(h > 0)
-    else:
-        bad_w, bad_h = w < 0, h < 0
-    bad = ~finite | bad_w | bad_h
-    if not bool(bad.any()):
-        return
-    first = tuple(bad.nonzero()[0].tolist())
-    where = f"{name}[{', '.join(str(i) for i in first)}]"
-    if not bool(finite[first]):
-        problem = "is not finite"
-    elif positive_size and bool(bad_w[first]):
-        problem = "has x2 <= x1 (width must be positive here)"
-    elif positive_size:
-        problem = "has y2 <= y1 (height must be positive here)"
-    elif bool(bad_w[first]):
-        problem = "has x2 < x1"
-    else:
-        problem = "has y2 < y1"
-    raise ValueError(f"{where} {problem}: {boxes[first]}; {name} has shape {_shape(boxes)}")
-
-
-def _check_same_device(**tensors: Tensor) -> None:
-    items = list(tensors.items())
-    first_name, first = items[0]
-    for name, t in items[1:]:
-        if t.device != first.device:
-            raise ValueError(
-                f"{first_name} is on device {first.device} but {name} is on device {t.device}; "
-                "move them to the same device"
-            )
-
-
-def _check_impl(impl: str) -> None:
-    if impl not in _IMPLS:
-        raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
-
-
-def _check_weights(weights) -> tuple:
-    try:
-        w = tuple(float(v) for v in weights)
-    except TypeError:
-        raise ValueError(f"weights must be 4 positive numbers (wx, wy, ww, wh), got {weights!r}") from None
-    if len(w) != 4:
-        raise ValueError(f"weights must be 4 positive numbers (wx, wy, ww, wh), got {len(w)}: {weights!r}")
-    for i, v in enumerate(w):
-        if not (math.isfinite(v) and v > 0):
-            raise ValueError(f"weights[{i}] must be positive and finite, got {v}; weights = {weights!r}")
-    return w
-
-
-def _check_image_size(image_size) -> tuple:
-    try:
-        h, w = (float(v) for v in image_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"image_size must be (H, W), got {image_size!r}") from None
-    for i, (label, v) in enumerate((("H", h), ("W", w))):
-        if not (math.isfinite(v) and v >= 0):
-            raise ValueError(f"image_size[{i}] ({label}) must be a non-negative number, got {v}")
-    return h, w
-
-
-def _upcast(t: Tensor) -> Tensor:
-    # Half precision loses too much in products of coordinates; compute areas and
-    # IoU in float32 (as torchvision does), keep float32/float64 as they are.
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
-
-
-def check_boxes(boxes: Tensor, name: str = "boxes") -> None:
-    """Raise ``ValueError`` unless ``boxes`` is a valid ``(N, 4)`` box tensor.
-
-    Valid: a floating tensor of shape ``(N, 4)`` (``N`` may be 0), every value
-    finite, ``x2 >= x1`` and ``y2 >= y1`` (zero width or height is allowed
-    here; ``encode`` needs positive sizes and checks that itself). The message
-    names ``name``, the first offending index and the shape, e.g.
-    ``"boxes[3] has x2 < x1: tensor([...]); boxes has shape (5, 4)"``.
-    """
-    _check_box_tensor(boxes, name, batched=False)
-    _check_box_values(boxes, name)
-
+from .checks import (
+    check_box_tensor,
+    check_box_values,
+    check_broadcast,
+    check_deltas,
+    check_deltas_finite,
+    check_idxs,
+    check_image_size,
+    check_min_size,
+    check_nms_args,
+    check_same_device,
+    check_weights,
+)
+from .checks import check_boxes as check_boxes  # public: frcnn_edu.boxes.check_boxes
 
 # ---------------------------------------------------------------------------
 # Area and IoU
@@ -162,15 +52,21 @@ def check_boxes(boxes: Tensor, name: str = "boxes") -> None:
 
 def box_area(boxes: Tensor, *, validate: bool = True) -> Tensor:
     """Area of each box: ``(N, 4) -> (N,)``, ``(x2 - x1) * (y2 - y1)``."""
-    _check_box_tensor(boxes, "boxes", batched=False)
+    check_box_tensor(boxes, "boxes", batched=False)
     if validate:
-        _check_box_values(boxes, "boxes")
+        check_box_values(boxes, "boxes")
     return _box_area(boxes)
 
 
 def _box_area(boxes: Tensor) -> Tensor:
     boxes = _upcast(boxes)
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def _upcast(t: Tensor) -> Tensor:
+    # Half precision loses too much in products of coordinates; compute areas and
+    # IoU in float32 (as torchvision does), keep float32/float64 as they are.
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor, *, validate: bool = True) -> Tensor:
@@ -180,12 +76,12 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, *, validate: bool = True) -> Tensor:
     their IoU is defined as 0 (not 0/0 = NaN), so degenerate boxes never
     suppress anything in NMS and never match anything.
     """
-    _check_box_tensor(boxes1, "boxes1", batched=False)
-    _check_box_tensor(boxes2, "boxes2", batched=False)
-    _check_same_device(boxes1=boxes1, boxes2=boxes2)
+    check_box_tensor(boxes1, "boxes1", batched=False)
+    check_box_tensor(boxes2, "boxes2", batched=False)
+    check_same_device(boxes1=boxes1, boxes2=boxes2)
     if validate:
-        _check_box_values(boxes1, "boxes1")
-        _check_box_values(boxes2, "boxes2")
+        check_box_values(boxes1, "boxes1")
+        check_box_values(boxes2, "boxes2")
     return _box_iou(boxes1, boxes2)
 
 
@@ -210,21 +106,21 @@ def _box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 # The box coder: eq. 2
 # ---------------------------------------------------------------------------
 
+# Largest dw, dh that decode() feeds to exp(): a box at most 1000/16 = 62.5
+# times wider or taller than its anchor. Early in training the regressor can
+# predict wild deltas, and exp() of them would overflow to inf (then NaN in the
+# loss). This package clamps at BBOX_XFORM_CLIP = log(1000 / 16), the value
+# torchvision (and Detectron) use. The authors' released code, py-faster-rcnn
+# (https://github.com/rbgirshick/py-faster-rcnn, bbox_transform_inv), does not
+# clamp: it applies exp() to dw and dh as they are.
+BBOX_XFORM_CLIP = math.log(1000.0 / 16)
+
 
 def _centre_size(boxes: Tensor):
     """(..., 4) corners -> centre x, centre y, width, height, each (...)."""
     w = boxes[..., 2] - boxes[..., 0]
     h = boxes[..., 3] - boxes[..., 1]
     return boxes[..., 0] + 0.5 * w, boxes[..., 1] + 0.5 * h, w, h
-
-
-def _broadcast_shape(a: Tensor, a_name: str, b: Tensor, b_name: str) -> tuple:
-    try:
-        return tuple(torch.broadcast_shapes(a.shape, b.shape))
-    except RuntimeError:
-        raise ValueError(
-            f"{a_name} of shape {_shape(a)} and {b_name} of shape {_shape(b)} do not broadcast"
-        ) from None
 
 
 def encode(boxes: Tensor, anchors: Tensor, weights=(1.0, 1.0, 1.0, 1.0), *, validate: bool = True) -> Tensor:
@@ -245,14 +141,14 @@ def encode(boxes: Tensor, anchors: Tensor, weights=(1.0, 1.0, 1.0, 1.0), *, vali
     Widths and heights must be positive (``log(0) = -inf``); with
     ``validate=True`` zero-size boxes or anchors raise ``ValueError``.
     """
-    _check_box_tensor(boxes, "boxes", batched=True)
-    _check_box_tensor(anchors, "anchors", batched=True)
-    _check_same_device(boxes=boxes, anchors=anchors)
-    _broadcast_shape(boxes, "boxes", anchors, "anchors")
-    wx, wy, ww, wh = _check_weights(weights)
+    check_box_tensor(boxes, "boxes", batched=True)
+    check_box_tensor(anchors, "anchors", batched=True)
+    check_same_device(boxes=boxes, anchors=anchors)
+    check_broadcast(boxes, "boxes", anchors, "anchors")
+    wx, wy, ww, wh = check_weights(weights)
     if validate:
-        _check_box_values(boxes, "boxes", positive_size=True)
-        _check_box_values(anchors, "anchors", positive_size=True)
+        check_box_values(boxes, "boxes", positive_size=True)
+        check_box_values(anchors, "anchors", positive_size=True)
     x, y, w, h = _centre_size(boxes)
     xa, ya, wa, ha = _centre_size(anchors)
     tx = wx * (x - xa) / wa
@@ -269,26 +165,18 @@ def decode(deltas: Tensor, anchors: Tensor, weights=(1.0, 1.0, 1.0, 1.0), *, val
     ``(N, C, 4)`` with boxes ``(N, 1, 4)`` give ``(N, C, 4)``. The deltas are
     divided by ``weights`` first; ``dw`` and ``dh`` are clamped at
     ``BBOX_XFORM_CLIP = log(1000 / 16)`` before ``exp`` so that wild
-    predictions early in training cannot overflow to ``inf``.
+    predictions early in training cannot overflow to ``inf`` (torchvision
+    clamps at the same value; py-faster-rcnn's ``bbox_transform_inv`` does not
+    clamp).
     """
-    _require_tensor(deltas, "deltas")
-    if deltas.shape[-1:] != (4,):
-        raise ValueError(f"deltas must have shape (..., 4), got shape {_shape(deltas)}")
-    if not deltas.is_floating_point():
-        raise ValueError(f"deltas must be a floating-point tensor, got {deltas.dtype}; deltas has shape {_shape(deltas)}")
-    _check_box_tensor(anchors, "anchors", batched=True)
-    _check_same_device(deltas=deltas, anchors=anchors)
-    _broadcast_shape(deltas, "deltas", anchors, "anchors")
-    wx, wy, ww, wh = _check_weights(weights)
+    check_deltas(deltas)
+    check_box_tensor(anchors, "anchors", batched=True)
+    check_same_device(deltas=deltas, anchors=anchors)
+    check_broadcast(deltas, "deltas", anchors, "anchors")
+    wx, wy, ww, wh = check_weights(weights)
     if validate:
-        _check_box_values(anchors, "anchors")
-        bad = ~torch.isfinite(deltas).all(dim=-1)
-        if bool(bad.any()):
-            first = tuple(bad.nonzero()[0].tolist())
-            raise ValueError(
-                f"deltas[{', '.join(map(str, first))}] is not finite: {deltas[first]}; "
-                f"deltas has shape {_shape(deltas)}"
-            )
+        check_box_values(anchors, "anchors")
+        check_deltas_finite(deltas)
     xa, ya, wa, ha = _centre_size(anchors)
     dx = deltas[..., 0] / wx
     dy = deltas[..., 1] / wy
@@ -312,10 +200,10 @@ def clip_boxes(boxes: Tensor, image_size, *, validate: bool = True) -> Tensor:
     ``image_size`` is ``(H, W)``. At test time proposals that cross the image
     boundary are clipped rather than dropped (Sec. 3.3).
     """
-    _check_box_tensor(boxes, "boxes", batched=True)
-    height, width = _check_image_size(image_size)
+    check_box_tensor(boxes, "boxes", batched=True)
+    height, width = check_image_size(image_size)
     if validate:
-        _check_box_values(boxes, "boxes")
+        check_box_values(boxes, "boxes")
     x = boxes[..., 0::2].clamp(min=0, max=width)  # (..., 2): x1, x2
     y = boxes[..., 1::2].clamp(min=0, max=height)  # (..., 2): y1, y2
     return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
@@ -326,12 +214,10 @@ def remove_small_boxes(boxes: Tensor, min_size: float, *, validate: bool = True)
 
     py-faster-rcnn drops proposals smaller than 16 px at the original image scale.
     """
-    _check_box_tensor(boxes, "boxes", batched=False)
-    min_size = float(min_size)
-    if math.isnan(min_size):
-        raise ValueError("min_size must be a number, got nan")
+    check_box_tensor(boxes, "boxes", batched=False)
+    min_size = check_min_size(min_size)
     if validate:
-        _check_box_values(boxes, "boxes")
+        check_box_values(boxes, "boxes")
     w = boxes[:, 2] - boxes[:, 0]
     h = boxes[:, 3] - boxes[:, 1]
     return torch.where((w >= min_size) & (h >= min_size))[0]
@@ -340,34 +226,6 @@ def remove_small_boxes(boxes: Tensor, min_size: float, *, validate: bool = True)
 # ---------------------------------------------------------------------------
 # Non-maximum suppression
 # ---------------------------------------------------------------------------
-
-
-def _check_nms_args(boxes: Tensor, scores: Tensor, iou_threshold, impl: str, validate: bool) -> float:
-    _check_impl(impl)
-    _check_box_tensor(boxes, "boxes", batched=False)
-    _require_tensor(scores, "scores")
-    n = boxes.shape[0]
-    if scores.shape != (n,):
-        raise ValueError(f"scores must have shape (N,) = ({n},) to match boxes of shape {_shape(boxes)}, "
-                         f"got shape {_shape(scores)}")
-    if not scores.is_floating_point():
-        raise ValueError(f"scores must be a floating-point tensor, got {scores.dtype}; scores has shape {_shape(scores)}")
-    if scores.dtype != boxes.dtype:
-        raise ValueError(f"scores ({scores.dtype}) must have the same dtype as boxes ({boxes.dtype})")
-    _check_same_device(boxes=boxes, scores=scores)
-    try:
-        threshold = float(iou_threshold)
-    except (TypeError, ValueError):
-        raise ValueError(f"iou_threshold must be a number in [0, 1], got {iou_threshold!r}") from None
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"iou_threshold must be a number in [0, 1], got {threshold}")
-    if validate:
-        _check_box_values(boxes, "boxes")
-        bad = ~torch.isfinite(scores)
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0])
-            raise ValueError(f"scores[{i}] is not finite: {scores[i]}; scores has shape {_shape(scores)}")
-    return threshold
 
 
 def _nms_reference(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
@@ -407,7 +265,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, impl: str = "fast",
     ``impl="fast"`` uses ``torchvision.ops.nms``; ``impl="reference"`` runs the
     readable loop in ``_nms_reference`` and returns the same result.
     """
-    threshold = _check_nms_args(boxes, scores, iou_threshold, impl, validate)
+    threshold = check_nms_args(boxes, scores, iou_threshold, impl, validate)
     if boxes.dtype not in (torch.float32, torch.float64):
         # torchvision's kernel has no half-precision version; both impls use float32.
         boxes, scores = boxes.float(), scores.float()
@@ -437,15 +295,8 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     coordinates slightly, so the two can disagree on a pair whose IoU is within
     about 1e-5 of the threshold; otherwise they return the same indices.
     """
-    threshold = _check_nms_args(boxes, scores, iou_threshold, impl, validate)
-    _require_tensor(idxs, "idxs")
-    if idxs.shape != scores.shape:
-        raise ValueError(f"idxs must have shape (N,) = ({boxes.shape[0]},) to match boxes of shape "
-                         f"{_shape(boxes)}, got shape {_shape(idxs)}")
-    if idxs.is_floating_point() or idxs.is_complex() or idxs.dtype == torch.bool:
-        raise ValueError(f"idxs must be an integer tensor of categories, got {idxs.dtype}; "
-                         f"idxs has shape {_shape(idxs)}")
-    _check_same_device(boxes=boxes, idxs=idxs)
+    threshold = check_nms_args(boxes, scores, iou_threshold, impl, validate)
+    check_idxs(idxs, boxes, scores)
     if boxes.dtype not in (torch.float32, torch.float64):
         boxes, scores = boxes.float(), scores.float()
     if boxes.shape[0] == 0:

@@ -6,8 +6,8 @@ proposal, whatever the proposal's size. RoI max pooling gets it in three steps:
   (1) snap the RoI, given in input-image pixels, onto the feature grid: x * spatial_scale,
       rounded to the nearest cell (spatial_scale = 1 / stride, e.g. 1/16 for ZF and VGG-16);
   (2) cut the snapped RoI into an h x w grid of bins of about (RoI height / h) x (RoI width / w)
-      cells (7 x 7 for VGG-16, 6 x 6 for ZF [C]); bins start at the floor and end at the ceil of
-      their fractional edges, so neighbouring bins may share a row or column;
+      cells (7 x 7 for VGG-16, 6 x 6 for ZF in py-faster-rcnn); bins start at the floor and end
+      at the ceil of their fractional edges, so neighbouring bins may share a row or column;
   (3) take the maximum of each bin, per channel. The gradient flows back to that argmax only.
 
 `roi_pool(..., impl="reference")` does exactly this in plain PyTorch, one bin at a time, so it
@@ -24,83 +24,16 @@ RoIs are (K, 5) tensors: (batch index, x1, y1, x2, y2). `boxes_to_rois` builds t
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torchvision
 from torch import nn
 
-from .parallel import num_workers, parallel_map
-
-IMPLS = ("fast", "reference")
-
-
-# ----------------------------------------------------------------------------------------------
-# Input checks shared by roi_pool and roi_align
-# ----------------------------------------------------------------------------------------------
-def _pair(output_size: int | Sequence[int]) -> tuple[int, int]:
-    """7 -> (7, 7); (6, 6) -> (6, 6). Raises ValueError unless both are positive ints."""
-    size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
-    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0
-                                 for s in size):
-        raise ValueError(f"output_size must be a positive int or a pair (h, w) of them, "
-                         f"got {output_size!r}")
-    return size
-
-
-def boxes_to_rois(boxes: Sequence[torch.Tensor]) -> torch.Tensor:
-    """One (P_i, 4) box tensor per image -> (sum P_i, 5) RoIs with the image index in column 0."""
-    if len(boxes) == 0:
-        raise ValueError("boxes must hold one (P_i, 4) tensor per image, got an empty list")
-    for i, b in enumerate(boxes):
-        if b.dim() != 2 or b.shape[1] != 4:
-            raise ValueError(f"boxes[{i}] must have shape (P, 4), got shape {tuple(b.shape)}")
-    index = torch.cat([torch.full((len(b), 1), i, dtype=b.dtype, device=b.device)
-                       for i, b in enumerate(boxes)])
-    return torch.cat([index, torch.cat(list(boxes))], dim=1)
-
-
-def check_rois(features: torch.Tensor, rois: torch.Tensor) -> None:
-    """Raise ValueError unless features is (N, C, H, W) and rois a matching (K, 5) tensor.
-
-    Checks: shapes, floating dtype equal to the features', same device, finite coordinates, and
-    batch indices that are whole numbers in [0, N). The batch-index check reads the values, so on
-    CUDA it waits for the GPU; pass validate=False in a hot loop whose RoIs you built yourself.
-    """
-    if not isinstance(features, torch.Tensor) or features.dim() != 4:
-        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features)
-        raise ValueError(f"features must have shape (N, C, H, W), got {shape}")
-    if not isinstance(rois, torch.Tensor) or rois.dim() != 2 or rois.shape[1] != 5:
-        shape = tuple(rois.shape) if isinstance(rois, torch.Tensor) else type(rois)
-        raise ValueError(f"rois must have shape (K, 5) = (batch index, x1, y1, x2, y2), got {shape}")
-    if not rois.is_floating_point():
-        raise ValueError(f"rois must be a floating-point tensor, got dtype {rois.dtype} "
-                         f"(shape {tuple(rois.shape)})")
-    if rois.dtype != features.dtype or rois.device != features.device:
-        raise ValueError(f"rois ({rois.dtype}, {rois.device}) must have the dtype and device of "
-                         f"features ({features.dtype}, {features.device}); "
-                         f"rois shape {tuple(rois.shape)}")
-    if len(rois) == 0:
-        return
-    bad = ~torch.isfinite(rois).all(dim=1)
-    if bad.any():
-        k = int(bad.nonzero()[0])
-        raise ValueError(f"rois[{k}] = {rois[k].tolist()} is not finite (rois shape "
-                         f"{tuple(rois.shape)})")
-    batch_index = rois[:, 0]
-    num_images = features.shape[0]
-    bad = (batch_index != batch_index.round()) | (batch_index < 0) | (batch_index >= num_images)
-    if bad.any():
-        k = int(bad.nonzero()[0])
-        raise ValueError(f"rois[{k}, 0] = {batch_index[k].item()} is not an image index in "
-                         f"[0, {num_images}) (rois shape {tuple(rois.shape)}, features shape "
-                         f"{tuple(features.shape)}); column 0 of a RoI is the index of its "
-                         f"image in the batch, the box follows in columns 1-4")
-
-
-def _check_impl(impl: str) -> None:
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+from .checks import IMPLS as IMPLS  # ("fast", "reference")
+from .checks import check_output_size, check_roi_impl
+from .checks import check_rois as check_rois  # public: frcnn_edu.roi.check_rois
+from .parallel import roi_pool_threaded
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,7 +62,7 @@ def roi_pool_bins(roi: torch.Tensor | Sequence[float], output_size: int | Sequen
     rows h_starts[i] : h_ends[i] and columns w_starts[j] : w_ends[j] (ends exclusive, clamped to
     the map); a bin with end <= start is empty (the RoI is off the map there) and pools to 0.
     """
-    pooled_h, pooled_w = _pair(output_size)
+    pooled_h, pooled_w = check_output_size(output_size)
     height, width = feature_size
     roi = torch.as_tensor(roi).detach().cpu()
     if not roi.is_floating_point():
@@ -210,11 +143,6 @@ def _roi_pool_reference(features: torch.Tensor, rois: torch.Tensor,
     return pooled.masked_fill(empty.to(device), 0)
 
 
-# The fast path splits RoIs over the CPU's threads only in chunks of at least this many: below
-# that, a thread hand-off costs more than it saves (measured with bench/).
-MIN_ROIS_PER_CHUNK = 128
-
-
 def roi_pool(features: torch.Tensor, rois: torch.Tensor, output_size: int | Sequence[int],
              spatial_scale: float, impl: str = "fast", *, validate: bool = True) -> torch.Tensor:
     """RoI max pooling ([F] Sec. 2.1): (N, C, H, W) features, (K, 5) rois -> (K, C, h, w).
@@ -234,53 +162,14 @@ def roi_pool(features: torch.Tensor, rois: torch.Tensor, output_size: int | Sequ
     corners round half away from zero, ends inclusive; bins run from floor(start) to ceil(end);
     a bin entirely off the feature map gives 0; ties keep the first maximum in row-major order.
     """
-    size = _pair(output_size)
-    _check_impl(impl)
+    size = check_output_size(output_size)
+    check_roi_impl(impl)
     if validate:
         check_rois(features, rois)
     if impl == "fast":
-        if len(rois) >= MIN_ROIS_PER_CHUNK * 2 and num_workers(features.device) > 1:
-            return _ThreadedRoIPool.apply(features, rois, size, spatial_scale)
-        return torchvision.ops.roi_pool(features, rois, size, spatial_scale)
+        # torchvision's kernel (on the CPU with the RoIs split over the threads).
+        return roi_pool_threaded(features, rois, size, spatial_scale)
     return _roi_pool_reference(features, rois, size, spatial_scale)
-
-
-class _ThreadedRoIPool(torch.autograd.Function):
-    """torchvision's RoI pooling kernel with the RoIs split over the CPU's threads.
-
-    The CPU kernel is single-threaded (see frcnn_edu.parallel). Forward: each chunk of RoIs is
-    pooled by the kernel, which also returns the argmax of every bin (int32). Backward: ONE call of
-    torchvision's backward kernel with all the argmaxes, so gradients that several RoIs send to
-    the same feature are summed in exactly the order of an unsplit call: bit for bit the same.
-    """
-
-    @staticmethod
-    def forward(ctx, features, rois, size, spatial_scale):
-        features = features.contiguous()   # once, not once per chunk inside the kernel
-        output = features.new_empty((len(rois), features.shape[1], *size))
-        argmax = torch.empty(output.shape, dtype=torch.int32)          # the kernel's argmax type
-        # A few chunks per thread, each copied into place as soon as it is done: the chunks'
-        # own outputs never all exist at once (peak memory stays near that of one call).
-        chunks = max(1, min(4 * num_workers(features.device), len(rois) // MIN_ROIS_PER_CHUNK))
-        bounds = torch.linspace(0, len(rois), chunks + 1).long().tolist()
-
-        def pool_chunk(start_end):
-            start, end = start_end
-            out, arg = torch.ops.torchvision.roi_pool(features, rois[start:end], spatial_scale, *size)
-            output[start:end], argmax[start:end] = out, arg
-
-        parallel_map(pool_chunk, zip(bounds[:-1], bounds[1:]), features.device)
-        ctx.save_for_backward(rois, argmax)
-        ctx.size, ctx.spatial_scale, ctx.features_shape = size, spatial_scale, features.shape
-        return output
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_output):
-        rois, argmax = ctx.saved_tensors
-        grad_features = torch.ops.torchvision._roi_pool_backward(
-            grad_output.contiguous(), rois, argmax, ctx.spatial_scale, *ctx.size, *ctx.features_shape)
-        return grad_features, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -357,8 +246,8 @@ def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: int | Seq
     impl: "fast" (torchvision.ops.roi_align) or "reference" (plain PyTorch; agrees to about 1e-6
     in float32: the sums are taken in a different order).
     """
-    size = _pair(output_size)
-    _check_impl(impl)
+    size = check_output_size(output_size)
+    check_roi_impl(impl)
     if validate:
         check_rois(features, rois)
     if impl == "fast":
@@ -368,44 +257,40 @@ def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: int | Seq
 
 
 # ----------------------------------------------------------------------------------------------
-# Modules
+# As a layer, and building RoIs from boxes
 # ----------------------------------------------------------------------------------------------
 class RoIPool(nn.Module):
-    """`roi_pool` as a layer: RoIPool(7, 1 / 16)(features (N, C, H, W), rois (K, 5))."""
+    """`roi_pool` as a layer: RoIPool(7, 1 / 16)(features (N, C, H, W), rois (K, 5)).
 
-    def __init__(self, output_size: int | Sequence[int], spatial_scale: float, impl: str = "fast"):
+    validate=False skips `check_rois` (and its GPU sync) in forward: for a model that builds its
+    own RoIs.
+    """
+
+    def __init__(self, output_size: int | Sequence[int], spatial_scale: float, impl: str = "fast",
+                 validate: bool = True):
         super().__init__()
-        _check_impl(impl)
-        self.output_size = _pair(output_size)
+        check_roi_impl(impl)
+        self.output_size = check_output_size(output_size)
         self.spatial_scale = spatial_scale
         self.impl = impl
+        self.validate = validate
 
     def forward(self, features: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-        return roi_pool(features, rois, self.output_size, self.spatial_scale, self.impl)
+        return roi_pool(features, rois, self.output_size, self.spatial_scale, self.impl,
+                        validate=self.validate)
 
     def extra_repr(self) -> str:
         return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
-                f"impl={self.impl!r}")
+                f"impl={self.impl!r}, validate={self.validate}")
 
 
-class RoIAlign(nn.Module):
-    """`roi_align` as a layer: RoIAlign(7, 1 / 16, sampling_ratio=2)(features, rois)."""
-
-    def __init__(self, output_size: int | Sequence[int], spatial_scale: float,
-                 sampling_ratio: int = -1, aligned: bool = False, impl: str = "fast"):
-        super().__init__()
-        _check_impl(impl)
-        self.output_size = _pair(output_size)
-        self.spatial_scale = spatial_scale
-        self.sampling_ratio = sampling_ratio
-        self.aligned = aligned
-        self.impl = impl
-
-    def forward(self, features: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-        return roi_align(features, rois, self.output_size, self.spatial_scale,
-                         self.sampling_ratio, self.aligned, self.impl)
-
-    def extra_repr(self) -> str:
-        return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
-                f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}, "
-                f"impl={self.impl!r}")
+def boxes_to_rois(boxes: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One (P_i, 4) box tensor per image -> (sum P_i, 5) RoIs with the image index in column 0."""
+    if len(boxes) == 0:
+        raise ValueError("boxes must hold one (P_i, 4) tensor per image, got an empty list")
+    for i, b in enumerate(boxes):
+        if b.dim() != 2 or b.shape[1] != 4:
+            raise ValueError(f"boxes[{i}] must have shape (P, 4), got shape {tuple(b.shape)}")
+    index = torch.cat([torch.full((len(b), 1), i, dtype=b.dtype, device=b.device)
+                       for i, b in enumerate(boxes)])
+    return torch.cat([index, torch.cat(list(boxes))], dim=1)

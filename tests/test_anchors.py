@@ -179,6 +179,10 @@ def test_anchor_generator_cache_reuse_keys_and_bound():
     assert key(29) not in gen._cache
     assert gen((28, 2)) is oldest
     assert A.AnchorGenerator()((3, 4)) is not first  # caches are per generator
+    # the maths without the cache: the same anchors, a new tensor
+    fresh = gen.grid_anchors((3, 4))
+    assert fresh is not first and torch.equal(fresh, first)
+    assert torch.equal(fresh, A.shift_anchors(gen.base_anchors, (3, 4), gen.stride, gen.offset))
 
 
 def test_anchor_generator_empty_map_and_errors():

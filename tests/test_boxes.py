@@ -39,7 +39,7 @@ def box_sets(draw, max_n=40, grid=False):
         coord = st.floats(0, 100, allow_nan=False, width=32)
         size = st.floats(0, 50, allow_nan=False, width=32) | st.just(0.0)
     rows = []
-    for i in range(n):
+    for _ in range(n):
         if rows and draw(st.integers(0, 4)) == 0:  # 1 in 5: a copy of an earlier box
             rows.append(rows[draw(st.integers(0, len(rows) - 1))])
         else:
@@ -62,6 +62,7 @@ thresholds = st.sampled_from([0.0, 0.3, 0.5, 0.7, 1.0]) | st.floats(0, 1, allow_
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(data=box_sets(), threshold=thresholds)
 def test_nms_reference_equals_torchvision(data, threshold):
@@ -73,6 +74,7 @@ def test_nms_reference_equals_torchvision(data, threshold):
     assert torch.equal(fast, torchvision.ops.nms(boxes, scores, threshold))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(data=box_sets(grid=True), threshold=thresholds)
 def test_nms_reference_equals_torchvision_on_grid(data, threshold):
@@ -80,6 +82,7 @@ def test_nms_reference_equals_torchvision_on_grid(data, threshold):
     assert torch.equal(B.nms(boxes, scores, threshold, impl="reference"), B.nms(boxes, scores, threshold))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(data=box_sets(grid=True), threshold=thresholds, num_classes=st.integers(1, 4), seed=st.integers(0, 2**16))
 def test_batched_nms_reference_equals_torchvision(data, threshold, num_classes, seed):
@@ -168,6 +171,7 @@ def test_box_area():
     assert B.box_area(torch.zeros(0, 4)).shape == (0,)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(a=box_sets(max_n=12), b=box_sets(max_n=12))
 def test_box_iou_equals_torchvision_and_in_unit_interval(a, b):

@@ -5,8 +5,15 @@ import pytest
 import torch
 import torchvision
 
-from frcnn_edu.roi import (RoIAlign, RoIPool, _round_half_away_from_zero, boxes_to_rois,
-                           roi_align, roi_pool, roi_pool_bins)
+from frcnn_edu.roi import (
+    RoIPool,
+    _round_half_away_from_zero,
+    boxes_to_rois,
+    check_rois,
+    roi_align,
+    roi_pool,
+    roi_pool_bins,
+)
 
 OUTPUT_SIZES = [7, (6, 6), (3, 5)]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -265,7 +272,7 @@ def test_roi_pool_no_rois():
     assert torch.equal(features.grad, torch.zeros_like(features))
 
 
-def test_roi_pool_modules_and_boxes_to_rois():
+def test_roi_pool_module_and_boxes_to_rois():
     gen = torch.Generator().manual_seed(8)
     features = torch.randn(2, 3, 10, 10, generator=gen)
     rois = boxes_to_rois([torch.tensor([[0.0, 0.0, 50.0, 60.0]]),
@@ -274,11 +281,29 @@ def test_roi_pool_modules_and_boxes_to_rois():
     expected = roi_pool(features, rois, 7, 1 / 8)
     assert torch.equal(RoIPool(7, 1 / 8)(features, rois), expected)
     assert torch.equal(RoIPool((7, 7), 1 / 8, impl="reference")(features, rois), expected)
-    assert torch.allclose(RoIAlign(7, 1 / 8, 2)(features, rois),
-                          RoIAlign(7, 1 / 8, 2, impl="reference")(features, rois), atol=1e-5)
+    assert torch.equal(RoIPool(7, 1 / 8, validate=False)(features, rois), expected)
     assert "impl='reference'" in repr(RoIPool(7, 1 / 8, impl="reference"))
+    assert "validate=False" in repr(RoIPool(7, 1 / 8, validate=False))
 
 
+def test_roi_pool_module_validate_flag(monkeypatch):
+    # validate=True (the default) checks the RoIs; validate=False passes them to the kernel as
+    # they are, for a model that builds its own RoIs.
+    features = torch.randn(2, 3, 8, 8)
+    bad = torch.tensor([[3, 0.0, 0.0, 10.0, 10.0]])                  # image 3 of a batch of 2
+    for check in (lambda: RoIPool(7, 1 / 16)(features, bad), lambda: check_rois(features, bad)):
+        with pytest.raises(ValueError, match=r"rois\[0, 0\] = 3.0 is not an image index"):
+            check()
+    calls = []
+    monkeypatch.setattr("frcnn_edu.roi.check_rois", lambda *args: calls.append(args))
+    good = torch.tensor([[1, 0.0, 0.0, 10.0, 10.0]])
+    RoIPool(7, 1 / 16)(features, good)
+    assert len(calls) == 1
+    RoIPool(7, 1 / 16, validate=False)(features, good)
+    assert len(calls) == 1                                          # not checked this time
+
+
+@pytest.mark.slow
 def test_roi_pool_speed_reference_vs_fast(capsys):
     # The size in [P]'s VGG-16 setting: 300 test-time proposals on a 38 x 63 map, 7 x 7 bins.
     gen = torch.Generator().manual_seed(9)

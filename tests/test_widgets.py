@@ -102,6 +102,7 @@ def test_jittered_proposals_cover_the_ground_truth():
 # ----------------------------------------------------------------------------------------------
 # The explorers
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_anchor_explorer(small_image):
     ex = W.anchor_explorer(small_image, sizes=(32, 64, 128), position=(5, 4))
     assert set(ex.controls) == {"size1", "size2", "size3", "ratios", "stride", "x", "y", "backbone"}
@@ -147,6 +148,7 @@ def test_anchor_explorer_default_photo_and_display():
     assert ex.png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_assignment_explorer():
     ex = W.assignment_explorer()
     c = ex.controls
@@ -215,13 +217,15 @@ def test_proposal_explorer_defaults_without_checkpoint(tmp_path):
     assert len(ex.ax.patches) == len(ex.state["kept"]) + len(ex.gt_boxes)
 
 
+@pytest.mark.slow
 def test_proposal_explorer_from_a_checkpoint(tmp_path):
     torch.manual_seed(0)
     model = fe.FasterRCNN.from_preset("shapes_tiny", num_classes=5).eval()
     image, _ = W.shapes_sample()
-    # proposals_before_nms switches the RPN's NMS off and restores it
+    # proposals_before_nms switches the RPN's NMS off for its own call only
+    config = model.config
     boxes, scores = W.proposals_before_nms(model, image)
-    assert model.rpn.nms_iou == 0.7 and model.rpn.post_nms_top_n["test"] == 300
+    assert model.config == config and config.rpn_nms_iou == 0.7 and config.rpn_post_nms_top_n_test == 300
     after = model.propose([image])[0]
     assert len(after["boxes"]) <= 300 < len(boxes)
     keep = fe.boxes.nms(boxes, scores, 0.7)[:300]
@@ -236,6 +240,7 @@ def test_proposal_explorer_from_a_checkpoint(tmp_path):
     assert ex.state["kept"] == fe.boxes.nms(boxes, scores, 0.5)[:1000].tolist()
 
 
+@pytest.mark.slow
 def test_roi_pool_explorer(small_image):
     ex = W.roi_pool_explorer(small_image, roi=(32, 32, 111, 95), output_size=3)
     s = ex.state
