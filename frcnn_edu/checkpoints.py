@@ -14,6 +14,8 @@ A checkpoint is a dict:
 from __future__ import annotations
 
 import os
+import socket
+import tempfile
 from pathlib import Path
 
 import torch
@@ -36,12 +38,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def save_checkpoint(path, model: FasterRCNN, training: dict | None = None) -> Path:
-    """Write atomically (temporary file, then rename): an interrupted save never corrupts `path`."""
+    """Write `path` atomically and durably: whoever reads it sees the old file or the new one.
+
+    The payload goes to a uniquely named temporary file in the same folder, is flushed and
+    fsync'ed, and replaces `path` with os.replace (then the folder is fsync'ed too). When the
+    write fails (a full disk, a read-only folder) the temporary file is removed, `path` keeps
+    its previous contents, and an OSError names the path.
+    """
     path = Path(path)
     if not isinstance(model.fast_rcnn.head.fc6, torch.nn.Linear):
         raise ValueError(f"not saving {path}: fc6/fc7 were compressed with truncated SVD, a "
                          f"test-time transformation; save the model before compressing it")
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "num_classes": model.num_classes,
@@ -51,10 +58,109 @@ def save_checkpoint(path, model: FasterRCNN, training: dict | None = None) -> Pa
     }
     if training is not None:
         payload["training"] = training
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    prepare_folder(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, (OSError, RuntimeError)):   # torch reports a failed write as RuntimeError
+            raise OSError(f"could not write checkpoint {path}: {_reason(error)}; the previous "
+                          f"checkpoint there, if any, is unchanged") from error
+        raise
+    _fsync_folder(path.parent)
     return path
+
+
+def prepare_folder(path) -> None:
+    """Create the folder of `path` (and its parents); an OSError naming it if that fails."""
+    folder = Path(path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"cannot create the folder {folder} for {Path(path).name}: {_reason(error)}") from error
+    if not folder.is_dir():
+        raise OSError(f"cannot write {path}: {folder} is not a folder")
+
+
+def _reason(error: BaseException) -> str:
+    return error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class CheckpointLock:
+    """`<checkpoint>.lock`, holding the PID and host of the one process training into it.
+
+    A second process that tries to train into the same checkpoint is refused with a message
+    naming the holder. A lock left by a process that no longer runs (killed with kill -9) is
+    stale: it is taken over. Creating the lock also proves the folder is writable.
+    """
+
+    def __init__(self, checkpoint):
+        self.path = Path(str(checkpoint) + ".lock")
+        self.held = False
+
+    def acquire(self) -> CheckpointLock:
+        prepare_folder(self.path)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None:
+                    raise OSError(f"{self.path.with_suffix('')} is being written by another training run "
+                                  f"(process {holder[0]} on {holder[1]}, lock file {self.path}); wait for "
+                                  f"it to finish or choose another --out") from None
+                self.path.unlink(missing_ok=True)   # stale: its process is gone
+                continue
+            except OSError as error:
+                raise OSError(f"cannot write to {self.path.parent}: {_reason(error)}") from error
+            with os.fdopen(fd, "w") as file:
+                file.write(f"{os.getpid()} {socket.gethostname()}\n")
+            self.held = True
+            return self
+        raise OSError(f"could not take the lock {self.path}")
+
+    def _holder(self) -> tuple[int, str] | None:
+        """(pid, host) of a live holder, or None when the lock is stale or unreadable."""
+        try:
+            pid_text, host = self.path.read_text().split()
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            return None
+        if host != socket.gethostname():
+            return pid, host           # another machine's process: cannot check, assume alive
+        if pid == os.getpid():
+            return pid, host
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid, host           # alive, owned by someone else
+        return pid, host
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
 
 
 def read_checkpoint(path) -> dict:
@@ -91,13 +197,30 @@ def _upgrade_from_format_1(payload: dict) -> dict:
 
 
 def model_from_checkpoint(payload: dict, path="checkpoint", device="cpu") -> FasterRCNN:
+    """The FasterRCNN a checkpoint describes, its weights loaded strictly (every shape checked)."""
     config = FasterRCNNConfig.from_dict(payload["config"])
+    check_class_count(payload, path)
     model = FasterRCNN(payload["num_classes"], config=config, class_names=payload["class_names"])
-    missing, unexpected = model.load_state_dict(payload["model"], strict=False)
-    if missing or unexpected:
+    try:
+        model.load_state_dict(payload["model"], strict=True)
+    except RuntimeError as error:
+        details = "; ".join(line.strip() for line in str(error).splitlines()[1:4])
         raise ValueError(f"checkpoint {path} does not fit a {config.backbone} FasterRCNN with "
-                         f"{payload['num_classes']} classes: missing {missing[:5]}, unexpected {unexpected[:5]}")
+                         f"{payload['num_classes']} classes: {details}") from None
     return model.to(resolve_device(device))
+
+
+def check_class_count(payload: dict, path, expected: int | None = None) -> None:
+    """ValueError naming the file and both counts when the header's class count disagrees with
+    the classifier's weights, or (expected=) with the model it is to be loaded into."""
+    header = payload["num_classes"]
+    weight = payload["model"].get("fast_rcnn.head.cls_score.weight")
+    if weight is not None and weight.shape[0] != header + 1:
+        raise ValueError(f"checkpoint {path} is inconsistent: its header says {header} classes but its "
+                         f"classifier has weights for {weight.shape[0] - 1} (plus background)")
+    if expected is not None and header != expected:
+        raise ValueError(f"checkpoint {path} holds a model of {header} classes, but the model here has "
+                         f"{expected}; train a new model (another --out) for another class set")
 
 
 def load_model(path, device="auto", class_names=None) -> FasterRCNN:

@@ -68,25 +68,64 @@ def cmd_train(args) -> int:
 
     from .config import get_preset
     from .faster_rcnn import FasterRCNN
-    from .train import train
+    from .train import TrainingInterrupted, train
 
-    config = get_preset(args.preset)
-    dataset = load_dataset(args.dataset, "train")
-    torch.manual_seed(args.seed)
-    model = FasterRCNN(len(dataset.classes), config=config, class_names=dataset.classes)
     out = Path(args.out)
     log = out.with_suffix(".jsonl")
-    if not args.resume and log.exists():
-        log.unlink()
+    _check_run_folder(out, log, args)
+    config = get_preset(args.preset)
+    dataset = load_dataset(args.dataset, "train")
+    if args.check_data:
+        from .data import check_dataset
+
+        print(f"checking every image and annotation of {args.dataset} ({len(dataset)} images) ...")
+        problems = check_dataset(dataset)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        if problems:
+            raise UsageError(f"{len(problems)} bad file(s) in {args.dataset} (listed above); fix or remove them")
+        print("all images and annotations read")
+    torch.manual_seed(args.seed)
+    model = FasterRCNN(len(dataset.classes), config=config, class_names=dataset.classes)
+    if args.overwrite:
+        for path in (out, log):
+            path.unlink(missing_ok=True)
     print(f"training {args.preset} ({args.schedule}) on {args.dataset}: {len(dataset)} images, "
           f"{len(dataset.classes)} classes, {args.iters} iterations")
     started = time.perf_counter()
-    train(model, dataset, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
-          schedule=args.schedule, checkpoint=out, checkpoint_every=args.checkpoint_every,
-          resume=args.resume, device=args.device, seed=args.seed, log=log, warmup=args.warmup,
-          progress=not args.quiet, amp=args.amp)
+    try:
+        train(model, dataset, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
+              schedule=args.schedule, checkpoint=out, checkpoint_every=args.checkpoint_every,
+              resume=args.resume, device=args.device, seed=args.seed, log=log, warmup=args.warmup,
+              progress=not args.quiet, amp=args.amp)
+    except TrainingInterrupted as stop:
+        print(f"frcnn-edu train: {stop}; resume with: {_resume_command()}", file=sys.stderr)
+        return stop.exit_code
     print(f"trained in {time.perf_counter() - started:.0f} s; checkpoint {out}, losses {log}")
     return 0
+
+
+def _check_run_folder(out: Path, log: Path, args) -> None:
+    """Never start over a run by accident, never resume from nothing."""
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other; choose one")
+    if args.resume and not out.is_file():
+        raise UsageError(f"--resume: there is no checkpoint at {out} to resume; leave out --resume "
+                         f"to start a new run there")
+    existing = [str(path) for path in (out, log) if path.exists()]
+    if existing and not (args.resume or args.overwrite):
+        raise UsageError(f"{out} already holds a run ({', '.join(existing)}); pass --resume to continue it "
+                         f"or --overwrite to start a new one in its place")
+
+
+def _resume_command() -> str:
+    """The command line that continues this run: the same arguments plus --resume."""
+    import shlex
+
+    args = [a for a in sys.argv[1:] if a != "--overwrite"]
+    if "--resume" not in args:
+        args.append("--resume")
+    return shlex.join(["frcnn-edu", *args])
 
 
 def cmd_eval(args) -> int:
@@ -229,7 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint path (.pt); losses go to the same name .jsonl")
     p.add_argument("--schedule", default="joint", choices=["joint", "alternating"],
                    help="approximate joint training or the paper's 4-step alternating training")
-    p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+    p.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run at --out, replacing the checkpoint and loss log there")
+    p.add_argument("--check-data", action="store_true",
+                   help="first decode every image and parse every annotation, and list every bad file")
     p.add_argument("--batch-size", type=int, default=4, help="images per mini-batch")
     p.add_argument("--lr", type=float, default=None, help="base learning rate (default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
@@ -277,9 +320,15 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, ValueError, FileNotFoundError) as error:
-        print(f"frcnn-edu {args.command}: error: {error}", file=sys.stderr)
+    except (UsageError, ValueError, OSError, FloatingPointError) as error:
+        # A user's mistake or the machine's state (a missing file, a full disk, a diverged run):
+        # one line, exit 2. Anything else is a bug and keeps its traceback.
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"frcnn-edu {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:   # Ctrl-C outside training's own handling (loading data, evaluating)
+        print(f"frcnn-edu {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -4,21 +4,46 @@ train.py says *what* each stage trains; a TrainingSession remembers *how far* th
 and makes it survive: every `checkpoint_every` iterations (and at the end) it writes the model,
 the optimizer, the position in the schedule and every random state, so that `resume=True`
 continues the run exactly where it stopped.
+
+What it guarantees, so that no work is lost:
+  - a checkpoint is never written from non-finite losses or weights: a diverged run stops with
+    FloatingPointError and the last good checkpoint stays as it was;
+  - SIGINT (Ctrl-C) and SIGTERM finish the current iteration, write the checkpoint and raise
+    TrainingInterrupted (a KeyboardInterrupt) saying where it is; a second Ctrl-C stops at once;
+  - one process at a time trains into a checkpoint (a lock file beside it, see CheckpointLock);
+  - checkpoint writes are atomic and durable (checkpoints.save_checkpoint).
 """
 from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 
 import torch
 
-from .checkpoints import read_checkpoint, save_checkpoint
+from .checkpoints import CheckpointLock, check_class_count, prepare_folder, read_checkpoint, save_checkpoint
 
 
 class TimeLimitReached(Exception):
     """Raised after the checkpoint of a run that used up its time_limit has been written."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped training after a finished iteration (and its checkpoint).
+
+    signum: the signal; checkpoint: the file written (None without one); stage, iteration:
+    where the run stopped; exit_code: 130 for SIGINT, 143 for SIGTERM (128 + the signal).
+    """
+
+    def __init__(self, signum: int, checkpoint, stage: str, iteration: int, iters: int):
+        self.signum, self.checkpoint, self.stage, self.iteration = signum, checkpoint, stage, iteration
+        self.exit_code = 128 + signum
+        where = f"checkpoint written to {checkpoint}" if checkpoint else "no checkpoint path was given"
+        super().__init__(f"training stopped by {signal.Signals(signum).name} after iteration {iteration} "
+                         f"of {iters} ({stage}); {where}")
 
 
 class TrainingSession:
@@ -40,14 +65,27 @@ class TrainingSession:
         self.step1_network: dict | None = None
         self.optimizer_state: dict | None = None
         self.generator = torch.Generator(device=device).manual_seed(seed + 1)
-        if resume and self.checkpoint is not None and self.checkpoint.exists():
-            self._restore(num_stages)
-        else:
-            torch.manual_seed(seed)
-        self.log_file = open(log, "a") if log is not None else None
+        self.lock = CheckpointLock(self.checkpoint) if self.checkpoint is not None else None
+        self.log_file = None
+        self.stop_signal: int | None = None
+        self._saved_handlers: dict = {}
+        try:
+            if self.lock is not None:
+                self.lock.acquire()      # also proves the checkpoint's folder is writable
+            if resume and self.checkpoint is not None and self.checkpoint.exists():
+                self._restore(num_stages)
+            else:
+                torch.manual_seed(seed)
+            if log is not None:
+                prepare_folder(log)
+                self.log_file = open(log, "a")
+        except BaseException:
+            self.close()
+            raise
         self.started = time.perf_counter()
         self._sums: dict = {}
         self._count = 0
+        self._last_losses: dict = {}
 
     # -- resuming ---------------------------------------------------------------------------------
     def _restore(self, num_stages: int) -> None:
@@ -56,7 +94,12 @@ class TrainingSession:
         if saved is None or saved["schedule"] != self.schedule:
             raise ValueError(f"cannot resume from {self.checkpoint}: it was not written by "
                              f"train(schedule={self.schedule!r})")
-        self.model.load_state_dict(payload["model"])
+        check_class_count(payload, self.checkpoint, expected=self.model.num_classes)
+        try:
+            self.model.load_state_dict(payload["model"])
+        except RuntimeError as error:
+            raise ValueError(f"cannot resume from {self.checkpoint}: its weights do not fit this model "
+                             f"({str(error).splitlines()[-1].strip()})") from None
         self.stage, self.iteration, self.history = saved["stage"], saved["iteration"], saved["history"]
         self.optimizer_state = saved.get("optimizer")
         self.step1_network = saved.get("step1_network")
@@ -92,8 +135,14 @@ class TrainingSession:
         for k, v in losses.items():
             self._sums[k] = self._sums.get(k, 0.0) + v.detach()
         self._count += 1
+        self._last_losses, self._lr = losses, lr
         if self._count == self.log_every or iteration == self.stage_iters[stage] - 1:
-            record = {"stage": stage_name, "iter": iteration + 1, "lr": lr,
+            self.flush_record(stage_name, iteration)
+
+    def flush_record(self, stage_name: str, iteration: int) -> None:
+        """Write the averaged losses of the iterations since the last record (if any)."""
+        if self._count:
+            record = {"stage": stage_name, "iter": iteration + 1, "lr": self._lr,
                       **{k: float(v) / self._count for k, v in self._sums.items()},
                       "time": round(time.perf_counter() - self.started, 2)}
             record["loss"] = sum(record[k] for k in self._sums)
@@ -107,14 +156,45 @@ class TrainingSession:
                 self.log_file.flush()
             self._sums, self._count = {}, 0
 
-    def end_iteration(self, stage: int, iteration: int, optimizer) -> None:
-        """Checkpoint every checkpoint_every iterations; raise TimeLimitReached when time is up."""
+    def end_iteration(self, stage: int, stage_name: str, iteration: int, optimizer) -> None:
+        """Checkpoint every checkpoint_every iterations, on a stop signal and when time is up."""
         self.stage, self.iteration = stage, iteration + 1
         out_of_time = self.time_limit is not None and time.perf_counter() - self.started > self.time_limit
-        if self.checkpoint is not None and (self.iteration % self.checkpoint_every == 0 or out_of_time):
+        stop = self.stop_signal is not None
+        if out_of_time or stop:   # the iterations since the last record are not lost from the log
+            self.flush_record(stage_name, iteration)
+        if self.checkpoint is not None and (self.iteration % self.checkpoint_every == 0 or out_of_time or stop):
+            self._check_finite(stage_name)
             self.save(optimizer)
+        if stop:
+            raise TrainingInterrupted(self.stop_signal, self.checkpoint, stage_name, self.iteration,
+                                      self.stage_iters[stage])
         if out_of_time:
             raise TimeLimitReached
+
+    def _check_finite(self, stage_name: str) -> None:
+        """Never write a checkpoint from a diverged step: losses and weights must be finite."""
+        bad_losses = {k: float(v.detach()) for k, v in self._last_losses.items() if not torch.isfinite(v).all()}
+        bad_weights = [k for k, v in self.model.state_dict().items()
+                       if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad_losses or bad_weights:
+            what = f"losses {bad_losses}" if bad_losses else f"non-finite weights in {bad_weights[:3]}"
+            kept = f"; the last good checkpoint {self.checkpoint} is unchanged" if self.checkpoint else ""
+            raise FloatingPointError(f"training diverged at {stage_name} iteration {self.iteration}: {what}"
+                                     f"{kept}; try a smaller learning rate (--lr)")
+
+    # -- stop signals -----------------------------------------------------------------------------
+    def catch_stop_signals(self) -> None:
+        """SIGINT / SIGTERM ask to stop after the current iteration (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._saved_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt     # a second Ctrl-C: stop now (checkpoint writes are atomic)
+        self.stop_signal = signum
 
     def end_stage(self, stage: int) -> None:
         self.stage, self.iteration = stage + 1, 0
@@ -123,6 +203,7 @@ class TrainingSession:
         """The final checkpoint of a completed run (no optimizer state: nothing left to resume)."""
         self.step1_network = None
         if self.checkpoint is not None:
+            self._check_finite("final")
             self.save(None)
 
     def save(self, optimizer) -> None:
@@ -134,5 +215,12 @@ class TrainingSession:
         save_checkpoint(self.checkpoint, self.model, training)
 
     def close(self) -> None:
+        """Restore the signal handlers, close the loss log, release the lock."""
+        for signum, handler in self._saved_handlers.items():
+            signal.signal(signum, handler)
+        self._saved_handlers = {}
         if self.log_file:
             self.log_file.close()
+            self.log_file = None
+        if self.lock is not None:
+            self.lock.release()

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .checkpoints import resolve_device
 from .data.transforms import RandomHorizontalFlip
 from .faster_rcnn import FasterRCNN
-from .session import TimeLimitReached, TrainingSession
+from .session import TimeLimitReached, TrainingInterrupted, TrainingSession  # noqa: F401 (re-exported)
 
 SCHEDULES = {"joint": 1, "alternating": 4, "rpn": 1}   # number of stages of each schedule
 
@@ -50,11 +50,22 @@ def train(model: FasterRCNN, dataset, *, iters: int, batch_size: int = 2, lr: fl
     arithmetic and losses stay float32).
     Parameters that are frozen when train() is called (VGG-16's conv1-conv2 with ImageNet
     weights, [P] Sec. 3.1.3) stay frozen through every stage and afterwards.
+
+    Nothing is lost (frcnn_edu.session): Ctrl-C / SIGTERM finish the iteration, checkpoint and
+    raise session.TrainingInterrupted; a diverged run raises FloatingPointError without
+    overwriting the last good checkpoint; a second process training into the same checkpoint
+    is refused. resume=True without an existing checkpoint starts a new run.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
     if iters < 1 or batch_size < 1:
         raise ValueError(f"iters and batch_size must be positive, got {iters} and {batch_size}")
+    classes = getattr(dataset, "classes", None)
+    if classes is not None and len(classes) > model.num_classes:
+        raise ValueError(f"the dataset has {len(classes)} classes {list(classes)} but the model only "
+                         f"{model.num_classes}: build the model with num_classes={len(classes)}")
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty: there is nothing to train on")
     device = resolve_device(device)
     if amp and device.type != "cuda":
         raise ValueError(f"amp=True (mixed precision) needs a CUDA device, got {device}")
@@ -68,6 +79,7 @@ def train(model: FasterRCNN, dataset, *, iters: int, batch_size: int = 2, lr: fl
                         lr=lr if lr is not None else model.config.lr, device=device, amp=amp,
                         progress=progress)
     model.set_generator(session.generator)
+    session.catch_stop_signals()
     try:
         if schedule == "joint":
             joint_training(model, run_stage)
@@ -180,7 +192,7 @@ class StageRunner:
             self.session.record(name, index, iteration, loss_terms, optimizer.param_groups[0]["lr"])
             if self.session.history:
                 bar.set_postfix(loss=f"{self.session.history[-1]['loss']:.3f}")
-            self.session.end_iteration(index, iteration, optimizer)
+            self.session.end_iteration(index, name, iteration, optimizer)
         self.session.end_stage(index)
 
     def _trainable(self, modules: list[nn.Module]) -> list[nn.Parameter]:
