@@ -3,7 +3,7 @@
 Per seed, both start from the same weights (torchvision's twin gets copies of frcnn_edu's
 backbone, RPN conv/reg and detector layers; only the RPN classifier differs in shape: frcnn_edu's
 shapes_tiny preset keeps the paper's 2-class softmax), read the same mini-batches in the same
-order (frcnn_edu.train.batches) with the same flips (SeededFlips), and use the same SGD
+order with the same flips (frcnn_edu.data.loader.TrainingBatches), and use the same SGD
 (momentum, weight decay), base LR, warm-up and step schedule (frcnn_edu.train.learning_rate).
 frcnn_edu trains with its own `frcnn_edu.train.train`; torchvision with the minimal loop below.
 """
@@ -15,12 +15,13 @@ import time
 
 import torch
 
+from frcnn_edu.config import get_preset
+from frcnn_edu.data.loader import TrainingBatches
 from frcnn_edu.evaluate import evaluate_detections
 from frcnn_edu.faster_rcnn import FasterRCNN
-from frcnn_edu.config import get_preset
-from frcnn_edu.train import batches, learning_rate, train
+from frcnn_edu.train import learning_rate, train
 
-from .systems import SeededFlips, torchvision_twin
+from .systems import torchvision_twin
 
 
 def train_torchvision(model, dataset, *, iters: int, batch_size: int, lr: float, config, seed: int,
@@ -30,12 +31,12 @@ def train_torchvision(model, dataset, *, iters: int, batch_size: int, lr: float,
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
     torch.manual_seed(seed)
-    data = batches(dataset, batch_size, seed)
+    data = TrainingBatches(dataset, batch_size, seed, config.flip_prob)   # frcnn_edu's batches and flips
     start = time.perf_counter()
     for iteration in range(iters):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(lr, iteration, iters, config.lr_drop_at, config.lr_drop_factor, warmup)
-        images, targets = next(data)
+        images, targets = data[iteration]
         images = [i.to(device) for i in images]
         targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
         losses = model(images, targets)
@@ -62,17 +63,17 @@ def detect_all(model, dataset, device, batch_size: int = 8) -> tuple[list, list]
 
 def run_seed(train_set, test_set, *, seed: int, iters: int, batch_size: int, warmup: int, device) -> dict:
     """Train both systems from the same initial weights; return {system: {"mAP", "train_s"}}."""
-    config = get_preset("shapes_tiny").replace(flip_prob=0.0)   # flips come from SeededFlips
+    config = get_preset("shapes_tiny")
     torch.manual_seed(seed)
     ours = FasterRCNN(len(train_set.classes), config=config, class_names=train_set.classes)
     tv = torchvision_twin(ours)
     out = {}
     start = time.perf_counter()
-    train(ours, SeededFlips(train_set, seed), iters=iters, batch_size=batch_size, seed=seed,
-          warmup=warmup, device=device, progress=False)
+    train(ours, train_set, iters=iters, batch_size=batch_size, seed=seed, warmup=warmup, device=device,
+          progress=False, workers=0)   # loading in the training process, as torchvision's loop does
     out["frcnn_edu"] = {"train_s": time.perf_counter() - start}
     out["torchvision"] = {"train_s": train_torchvision(
-        tv, SeededFlips(train_set, seed), iters=iters, batch_size=batch_size, lr=config.lr,
+        tv, train_set, iters=iters, batch_size=batch_size, lr=config.lr,
         config=config, seed=seed, warmup=warmup, device=device)}
     for name, model in (("frcnn_edu", ours), ("torchvision", tv)):
         detections, targets = detect_all(model, test_set, device)

@@ -66,7 +66,8 @@ def bench_ops(device, sync, *, quick: bool) -> list[dict]:
              "torchvision": lambda a=a, b=b: torchvision.ops.box_iou(a, b)}, reps=cheap)
     a, _ = proposal_like_boxes(2000, device)
     add("box_iou validate=True vs validate=False", "2000 x 2000",
-        {"validate=True": lambda: fe_boxes.box_iou(a, a), "validate=False": lambda: fe_boxes.box_iou(a, a, validate=False)},
+        {"validate=True": lambda: fe_boxes.box_iou(a, a),
+         "validate=False": lambda: fe_boxes.box_iou(a, a, validate=False)},
         reps=cheap)
 
     # NMS at the test (2,000 after top-6,000) and training (12,000) sizes of the proposal layer.

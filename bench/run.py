@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import functools
 import os
 import platform
 import statistics
@@ -70,20 +71,22 @@ class Settings:
     notes: list = field(default_factory=list)
 
     @classmethod
-    def for_run(cls, device: torch.device, quick: bool) -> "Settings":
+    def for_run(cls, device: torch.device, quick: bool) -> Settings:
         if quick:
             return cls(vgg_size=(128, 192), vgg_quick_changes={"rpn_post_nms_top_n_test": 50,
                                                                  "rpn_post_nms_top_n_train": 200,
                                                                  "roi_batch_size": 16,
                                                                  "representation_size": 1024},
-                       train_batches_tiny=(2,), memory_batch=2, memory_runs=1, matmul_sizes=(1024,), inf_reps_vgg=1, inf_reps_tiny=2, stage_reps_vgg=1,
+                       train_batches_tiny=(2,), memory_batch=2, memory_runs=1, matmul_sizes=(1024,),
+                       inf_reps_vgg=1, inf_reps_tiny=2, stage_reps_vgg=1,
                        stage_reps_tiny=1, conv_reps=1, train_reps_vgg=1, train_reps_tiny=1,
                        train_stage_reps_tiny=1, acc_seeds=2, acc_iters=2, acc_batch=2, acc_warmup=1,
                        warmup=0, train_stage_batch_tiny=2,
                        acc_train_images=6, acc_test_images=4, quick=True,
                        notes=["--quick: VGG-16 at 128 x 192 with fc6/fc7 of 1024, 50 test proposals and "
                               "16 RoIs per image in training; no warm-up, one repetition; batch 2 for "
-                              "memory and the training stages; 2 training iterations: a smoke test, NOT comparable numbers"])
+                              "memory and the training stages; 2 training iterations: a smoke test, "
+                              "NOT comparable numbers"])
         if device.type == "cuda":
             return cls(inf_reps_vgg=20, inf_reps_tiny=30, stage_reps_vgg=10, stage_reps_tiny=20,
                        conv_reps=10, train_batches_vgg=(2, 8), train_reps_vgg=5, train_reps_tiny=10,
@@ -284,7 +287,7 @@ class Bench:
                          warmup=self.s.warmup, reps=self.s.conv_reps, sync=self.sync)
         dense_gflop = 2 * rois * (head.fc6.in_features * head.fc6.out_features
                                   + head.fc7.in_features * head.fc7.out_features) / 1e9
-        svd_gflop = 2 * rois * sum(l.in_features * l.out_features for l in (*svd6, *svd7)) / 1e9
+        svd_gflop = 2 * rois * sum(fc.in_features * fc.out_features for fc in (*svd6, *svd7)) / 1e9
         self.results["svd"] = {k: v["median"] for k, v in result.items()}
         self.add(f"What-if, the paper-faithful lever of DESIGN.md: fc6 and fc7 on {rois} RoIs, dense vs "
                  f"truncated SVD (Fast R-CNN Sec. 3.1: top {r6} singular values of fc6, top {r7} of fc7; "
@@ -360,7 +363,7 @@ class Bench:
                         if part == 0:
                             times, detections = stages.staged_inference(ours, images, self.sync)
                         else:
-                            seconds, reference = time_call(lambda: ours(images), self.sync)
+                            seconds, reference = time_call(functools.partial(ours, images), self.sync)
                         if i >= self.s.warmup:
                             (runs.append(times) if part == 0 else whole.append(seconds))
             same = stages.same_detections(reference, detections)
@@ -523,7 +526,8 @@ class Bench:
         for seed, r in enumerate(runs):
             rows.append([seed, f"{r['frcnn_edu']['mAP']:.4f}", f"{r['torchvision']['mAP']:.4f}",
                          f"{r['frcnn_edu']['mAP_area']:.4f}", f"{r['torchvision']['mAP_area']:.4f}",
-                         f"{r['frcnn_edu']['detections_per_image']:.1f} / {r['torchvision']['detections_per_image']:.1f}",
+                         f"{r['frcnn_edu']['detections_per_image']:.1f} / "
+                         f"{r['torchvision']['detections_per_image']:.1f}",
                          f"{r['frcnn_edu']['train_s']:.1f} / {r['torchvision']['train_s']:.1f}"])
         a, b = summary["frcnn_edu"], summary["torchvision"]
         rows.append(["**mean ± std**", f"**{a['mean']:.4f} ± {a['std']:.4f}**", f"**{b['mean']:.4f} ± {b['std']:.4f}**",
@@ -557,7 +561,8 @@ class Bench:
                          goal_status(v, 25.0, unit=" points")])
         if "memory" in r:
             a, b = r["memory"]["frcnn_edu"]["step_mb"], r["memory"]["torchvision"]["step_mb"]
-            rows.append([f"peak memory of a shapes_tiny step (batch {self.s.memory_batch})", f"< {b:.1f} MB", f"{a:.1f} MB",
+            rows.append([f"peak memory of a shapes_tiny step (batch {self.s.memory_batch})", f"< {b:.1f} MB",
+                         f"{a:.1f} MB",
                          "met" if a < b else f"missed by {a - b:.1f} MB"])
         if "vgg" in r.get("inference", {}) and "floor_s" in r:
             floor = r["floor_s"]["vgg"]

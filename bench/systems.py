@@ -160,32 +160,6 @@ class CachedDataset(torch.utils.data.Dataset):
         return fe.data.transforms.to_float_image(image), dict(self.targets[index])
 
 
-class SeededFlips(torch.utils.data.Dataset):
-    """Horizontal flips (p = 0.5, [F] Sec. 2.3) decided by a private generator, one draw per access.
-
-    Both training loops read the dataset in the same order (frcnn_edu.train.batches), so a fresh
-    SeededFlips(dataset, seed) gives both systems the same images AND the same flips. frcnn_edu's
-    own flip is switched off (flip_prob=0) when this is used.
-    """
-
-    def __init__(self, dataset, seed: int, p: float = 0.5):
-        self.dataset, self.p = dataset, p
-        self.classes = dataset.classes
-        self.generator = torch.Generator().manual_seed(10_000 + seed)
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        image, target = self.dataset[index]
-        if torch.rand((), generator=self.generator).item() < self.p:
-            width = image.shape[-1]
-            boxes = target["boxes"].clone()
-            boxes[:, 0], boxes[:, 2] = width - target["boxes"][:, 2], width - target["boxes"][:, 0]
-            image, target = image.flip(-1), {**target, "boxes": boxes}
-        return image, target
-
-
 def shapes_batch(num: int, image_size=(256, 256), seed: int = 0, **kwargs):
     """`num` shapes images and targets (lists). Larger images get larger objects."""
     if "max_object_size" not in kwargs and min(image_size) > 256:

@@ -3,15 +3,21 @@
     import frcnn_edu as fe
     model = fe.FasterRCNN.from_preset("shapes_tiny", num_classes=5)
 
-Modules, in the order data flows through the network: boxes, anchors, backbones, rpn, roi,
-fast_rcnn, faster_rcnn; then data, train, evaluate, viz, widgets, cli.
+Modules, in the order data flows through the network: boxes, anchors, transform, backbones,
+rpn, roi, fast_rcnn, faster_rcnn; then data, train (with session and checkpoints), evaluate,
+viz, widgets, cli.
 """
+from importlib import metadata as _metadata
+
 from . import anchors, backbones, boxes, config, data, evaluate, fast_rcnn, roi, rpn  # noqa: F401
 from .checkpoints import load_model, save_checkpoint  # noqa: F401
 from .config import FasterRCNNConfig, get_preset  # noqa: F401
 from .faster_rcnn import FasterRCNN  # noqa: F401
 
-__version__ = "0.1.0"
+try:  # pyproject.toml's `version` is the one source; an installed package carries it in its metadata
+    __version__ = _metadata.version("frcnn_edu")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never pip-installed
+    __version__ = "0+unknown"
 
 
 def __getattr__(name):

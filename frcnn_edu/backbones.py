@@ -23,6 +23,7 @@ ImageNet-pretrained weights (`pretrained=True`) the expected input is RGB in
 
 import os
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from http.client import HTTPException
 
 import torch
@@ -52,21 +53,21 @@ class LocalResponseNormWithinChannel(nn.Module):
     Shapes: `(N, C, H, W) -> (N, C, H, W)`.
     """
 
-    def __init__(self, size=3, alpha=5e-5, beta=0.75, k=1.0):
+    def __init__(self, size: int = 3, alpha: float = 5e-5, beta: float = 0.75, k: float = 1.0) -> None:
         super().__init__()
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean_sq = F.avg_pool2d(
             x * x, self.size, stride=1, padding=self.size // 2, count_include_pad=True
         )
         return x / (self.k + self.alpha * mean_sq) ** self.beta
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
 
 
-def init_weights(module):
+def init_weights(module: nn.Module) -> None:
     """Initialise for training from scratch: Kaiming-normal convs, BN at identity."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
@@ -95,9 +96,9 @@ class ZF(nn.Sequential):
     default floor rounding (used here) leaves them out.
     """
 
-    frozen_layers = ()  # Sec. 3.1.3: for ZF all layers are fine-tuned
+    frozen_layers: tuple[str, ...] = ()  # Sec. 3.1.3: for ZF all layers are fine-tuned
 
-    def __init__(self):
+    def __init__(self) -> None:
         # Caffe LRN defaults k = 1; local_size 3, alpha 5e-5, beta 0.75 from the prototxt
         super().__init__(OrderedDict([
             ("conv1", nn.Conv2d(3, 96, kernel_size=7, stride=2, padding=3)),
@@ -138,10 +139,10 @@ class VGG16(nn.Sequential):
     """
 
     # Sec. 3.1.3: when fine-tuning from ImageNet only conv3_1 and up are trained
-    frozen_layers = ("conv1_1", "conv1_2", "conv2_1", "conv2_2")
+    frozen_layers: tuple[str, ...] = ("conv1_1", "conv1_2", "conv2_1", "conv2_2")
 
-    def __init__(self):
-        layers = OrderedDict()
+    def __init__(self) -> None:
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
         in_channels = 3
         for block, num_convs, channels in VGG16_BLOCKS:
             for i in range(1, num_convs + 1):
@@ -160,7 +161,7 @@ class VGG16(nn.Sequential):
 # --------------------------------------------------------------------------
 
 
-def conv_bn_relu(in_channels, out_channels, stride=1):
+def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:
     """3x3 conv (no bias: BN adds one) -> BatchNorm -> ReLU."""
     return [
         nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
@@ -180,9 +181,9 @@ class Tiny(nn.Sequential):
     (2 x 0.19 G multiply-adds) for one 256 x 256 image.
     """
 
-    frozen_layers = ()
+    frozen_layers: tuple[str, ...] = ()
 
-    def __init__(self, widths=(24, 64, 96, 128)):
+    def __init__(self, widths: Sequence[int] = (24, 64, 96, 128)) -> None:
         w1, w2, w3, w4 = widths
         super().__init__(OrderedDict([
             ("stage1", nn.Sequential(*conv_bn_relu(3, w1, stride=2),        # /2
@@ -198,12 +199,16 @@ class Tiny(nn.Sequential):
         init_weights(self)
 
 
+# What build_backbone returns: each has out_channels, stride, name and frozen_layers.
+Backbone = ZF | VGG16 | Tiny
+
+
 # --------------------------------------------------------------------------
 # Freezing, receptive field
 # --------------------------------------------------------------------------
 
 
-def freeze_early_layers(backbone):
+def freeze_early_layers(backbone: Backbone) -> list[str]:
     """Freeze the layers the paper does not fine-tune (Sec. 3.1.3).
 
     VGG-16: conv1_1 to conv2_2 ("conv3_1 and up" are trained); ZF and tiny:
@@ -219,7 +224,7 @@ def freeze_early_layers(backbone):
     return frozen
 
 
-def _square(value, layer, what):
+def _square(value: int | tuple[int, ...] | list[int], layer: nn.Module, what: str) -> int:
     """kernel_size / stride / dilation as one int; non-square layers are not supported."""
     if isinstance(value, (tuple, list)):
         if len(set(value)) != 1:
@@ -228,7 +233,7 @@ def _square(value, layer, what):
     return int(value)
 
 
-def receptive_field(module, extra=()):
+def receptive_field(module: nn.Module, extra: Iterable[nn.Module] = ()) -> tuple[int, int]:
     """Receptive field size and total stride (in input pixels) of `module`.
 
     Walks the leaf layers in registration order (the forward order for
@@ -260,7 +265,7 @@ def receptive_field(module, extra=()):
 # --------------------------------------------------------------------------
 
 
-def load_torchvision_vgg16_weights(backbone, state_dict):
+def load_torchvision_vgg16_weights(backbone: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
     """Copy torchvision's VGG-16 conv weights into our `VGG16`, in order.
 
     `state_dict` is torchvision's `vgg16().state_dict()` (or the ImageNet file);
@@ -293,7 +298,7 @@ def load_torchvision_vgg16_weights(backbone, state_dict):
     return backbone
 
 
-def _imagenet_vgg16_state_dict():
+def _imagenet_vgg16_state_dict() -> dict[str, torch.Tensor]:
     """torchvision's ImageNet VGG-16 weights, from the torch hub cache or the network."""
     weights = torchvision.models.VGG16_Weights.IMAGENET1K_V1
     cache_dir = os.path.join(torch.hub.get_dir(), "checkpoints")
@@ -307,7 +312,7 @@ def _imagenet_vgg16_state_dict():
         ) from error
 
 
-def build_backbone(name, pretrained=False):
+def build_backbone(name: str, pretrained: bool = False) -> Backbone:
     """Build a backbone by name: "zf", "vgg16" or "tiny".
 
     pretrained=True (VGG-16 only) loads torchvision's ImageNet weights
@@ -316,7 +321,7 @@ def build_backbone(name, pretrained=False):
     ImageNet-normalised (see the module docstring). Freezing conv1/conv2 as in
     Sec. 3.1.3 is a separate step: `freeze_early_layers(backbone)`.
     """
-    builders = {"zf": ZF, "vgg16": VGG16, "tiny": Tiny}
+    builders: dict[str, type[Backbone]] = {"zf": ZF, "vgg16": VGG16, "tiny": Tiny}
     if name not in builders:
         raise ValueError(f"unknown backbone name {name!r}; valid names: {', '.join(BACKBONE_NAMES)}")
     if pretrained and name != "vgg16":

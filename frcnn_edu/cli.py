@@ -66,13 +66,17 @@ def _print_results(results: dict, class_names) -> None:
 def cmd_train(args) -> int:
     import torch
 
+    from . import distributed
     from .config import get_preset
     from .faster_rcnn import FasterRCNN
     from .train import TrainingInterrupted, train
 
     out = Path(args.out)
     log = out.with_suffix(".jsonl")
-    _check_run_folder(out, log, args)
+    distributed.init_from_env()          # under torchrun: join the other ranks
+    _check_run_folder(out, log, args)    # every rank decides alike, before any rank writes
+    if distributed.is_distributed():
+        torch.distributed.barrier()
     config = get_preset(args.preset)
     dataset = load_dataset(args.dataset, "train")
     if args.check_data:
@@ -87,7 +91,7 @@ def cmd_train(args) -> int:
         print("all images and annotations read")
     torch.manual_seed(args.seed)
     model = FasterRCNN(len(dataset.classes), config=config, class_names=dataset.classes)
-    if args.overwrite:
+    if args.overwrite and distributed.rank() == 0:
         for path in (out, log):
             path.unlink(missing_ok=True)
     print(f"training {args.preset} ({args.schedule}) on {args.dataset}: {len(dataset)} images, "
@@ -97,11 +101,14 @@ def cmd_train(args) -> int:
         train(model, dataset, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
               schedule=args.schedule, checkpoint=out, checkpoint_every=args.checkpoint_every,
               resume=args.resume, device=args.device, seed=args.seed, log=log, warmup=args.warmup,
-              progress=not args.quiet, amp=args.amp)
+              progress=not args.quiet, precision="fp16" if args.amp else args.precision,
+              workers=args.workers)
     except TrainingInterrupted as stop:
-        print(f"frcnn-edu train: {stop}; resume with: {_resume_command()}", file=sys.stderr)
+        if distributed.rank() == 0:
+            print(f"frcnn-edu train: {stop}; resume with: {_resume_command()}", file=sys.stderr)
         return stop.exit_code
-    print(f"trained in {time.perf_counter() - started:.0f} s; checkpoint {out}, losses {log}")
+    if distributed.rank() == 0:
+        print(f"trained in {time.perf_counter() - started:.0f} s; checkpoint {out}, losses {log}")
     return 0
 
 
@@ -143,7 +150,8 @@ def cmd_eval(args) -> int:
     if tuple(dataset.classes) != tuple(model.class_names):
         raise UsageError(f"checkpoint {args.checkpoint} was trained on classes {list(model.class_names)} "
                          f"but {args.dataset} has classes {list(dataset.classes)}")
-    results = evaluate_model(model, dataset, batch_size=args.batch_size, progress=not args.quiet)
+    results = evaluate_model(model, dataset, batch_size=args.batch_size, progress=not args.quiet,
+                             precision=args.precision)
     _print_results(results, model.class_names)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
@@ -157,6 +165,7 @@ def cmd_detect(args) -> int:
 
     from .checkpoints import load_model
     from .data.transforms import to_float_image
+    from .precision import autocast
     from .viz import draw_detections, save_figure
 
     model = load_model(args.checkpoint, device=args.device)
@@ -168,7 +177,7 @@ def cmd_detect(args) -> int:
             image = to_float_image(Image.open(path))
         except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
             raise UsageError(f"cannot read image {path}: {error}") from None
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(next(model.parameters()).device, args.precision):
             detections = {k: v.cpu() for k, v in model([image])[0].items()}
         ax = draw_detections(image, detections, model.class_names, args.score_thresh, title=path.name)
         png = out / f"{path.stem}_detections.png"
@@ -189,8 +198,8 @@ def cmd_demo(args) -> int:
     from .checkpoints import load_model
     from .config import get_preset
     from .data import ShapesDataset
-    from .predict import evaluate_model
     from .faster_rcnn import FasterRCNN
+    from .predict import evaluate_model
     from .train import train
     from .viz import draw_detections, save_figure
 
@@ -260,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    def precision(p):
+        p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                       help="fp32 (default), bf16 (CPU and CUDA) or fp16 (CUDA): mixed precision "
+                            "for convolutions and matrix products; boxes and losses stay float32")
+
     p = sub.add_parser("train", help="train a detector",
                        description="Train Faster R-CNN; the checkpoint at --out is rewritten as training goes.")
     p.add_argument("--dataset", required=True, help="shapes | voc:ROOT[:SPLIT] | coco:IMAGES_DIR:ANNOTATIONS_JSON")
@@ -278,7 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup", type=int, default=100, help="linear warm-up iterations")
     p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--amp", action="store_true", help="the same as --precision fp16 (CUDA only)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes (default: up to 4, one fewer than the CPU cores; "
+                        "0 loads in the training process); batches are the same for any number")
+    precision(p)
     common(p)
     p.set_defaults(func=cmd_train)
 
@@ -290,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--svd", metavar="FC6_RANK,FC7_RANK",
                    help="compress fc6/fc7 by truncated SVD first (Fast R-CNN Sec. 3.1; paper: 1024,256)")
+    precision(p)
     common(p)
     p.set_defaults(func=cmd_eval)
 
@@ -299,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--score-thresh", type=float, default=0.5)
+    precision(p)
     common(p)
     p.set_defaults(func=cmd_detect)
 

@@ -148,7 +148,7 @@ class FasterRCNNConfig:
             if len(values) == 0 or any(not v > 0 for v in values):
                 raise ValueError(f"FasterRCNNConfig.{name} must be non-empty and positive, got {values!r}")
 
-    def replace(self, **changes) -> "FasterRCNNConfig":
+    def replace(self, **changes) -> FasterRCNNConfig:
         """A copy with some fields changed (unknown names raise TypeError naming them)."""
         return dataclasses.replace(self, **changes)
 
@@ -157,7 +157,7 @@ class FasterRCNNConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, values: dict) -> "FasterRCNNConfig":
+    def from_dict(cls, values: dict) -> FasterRCNNConfig:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:

@@ -31,7 +31,7 @@ proposals cover at a given IoU, e.g. 300 vs 2000 proposals.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -18,6 +18,7 @@ from torch import nn
 from . import boxes as box_ops
 from .config import FasterRCNNConfig
 from .roi import RoIPool, boxes_to_rois
+from .rpn import check_generator_device
 
 
 def sample_proposal_targets(proposals: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, *,
@@ -100,7 +101,7 @@ class FastRCNNHead(nn.Module):
         # float32 outputs also under torch.autocast: losses and box decoding need the range
         return self.cls_score(x).float(), self.bbox_pred(x).float()
 
-    def compress(self, fc6_rank: int = 1024, fc7_rank: int = 256) -> "FastRCNNHead":
+    def compress(self, fc6_rank: int = 1024, fc7_rank: int = 256) -> FastRCNNHead:
         """Replace fc6 and fc7 by their truncated SVDs, in place ([F] Sec. 3.1, Table 7).
 
         Fast R-CNN keeps the top 1024 singular values of VGG-16's fc6 (25088 x 4096) and the top
@@ -219,6 +220,7 @@ class FastRCNN(nn.Module):
     def losses(self, features: torch.Tensor, proposals: list[torch.Tensor], targets: list[dict]) -> dict:
         """Sample RoIs per image ([F] Sec. 2.3), run the head on all of them, [F] eq. 1."""
         c = self.config
+        check_generator_device(self.generator, features.device)
         samples = [sample_proposal_targets(
             image_proposals.detach(), target["boxes"], target["labels"],
             batch_size=c.roi_batch_size, positive_fraction=c.roi_positive_fraction,

@@ -59,7 +59,7 @@ class FasterRCNN(nn.Module):
         self.class_names = tuple(class_names) if class_names else tuple(f"class_{i}" for i in range(1, num_classes + 1))
         self.pretrained = pretrained
 
-        self.transform = ImageTransform(config)
+        self.transform = ImageTransform(config, num_classes)
         self.backbone = build_backbone(config.backbone, pretrained=pretrained)
         if config.backbone == "vgg16" and config.freeze_early_vgg and pretrained:
             freeze_early_layers(self.backbone)   # conv1-conv2 stay fixed ([P] Sec. 3.1.3)

@@ -5,6 +5,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .evaluate import evaluate_detections, proposal_recall
+from .precision import autocast
 
 
 def _chunks(dataset, batch_size: int):
@@ -14,21 +15,26 @@ def _chunks(dataset, batch_size: int):
 
 
 @torch.inference_mode()
-def predict_dataset(model, dataset, batch_size: int = 8, progress: bool = False):
-    """Detections for every image: (detections [dict], targets [dict]), all on the CPU."""
+def predict_dataset(model, dataset, batch_size: int = 8, progress: bool = False, precision: str = "fp32"):
+    """Detections for every image: (detections [dict], targets [dict]), all on the CPU.
+
+    precision: "fp32", "bf16" or "fp16" (CUDA): see frcnn_edu.precision."""
     model.eval()
+    device = next(model.parameters()).device
     detections, targets = [], []
     for images, image_targets in tqdm(_chunks(dataset, batch_size), total=-(-len(dataset) // batch_size),
                                       desc="detect", disable=not progress, leave=False):
-        for output in model(images):
+        with autocast(device, precision):
+            outputs = model(images)
+        for output in outputs:
             detections.append({k: v.cpu() for k, v in output.items()})
         targets.extend(image_targets)
     return detections, targets
 
 
-def evaluate_model(model, dataset, batch_size: int = 8, progress: bool = False) -> dict:
+def evaluate_model(model, dataset, batch_size: int = 8, progress: bool = False, precision: str = "fp32") -> dict:
     """VOC mAP@0.5 of `model` on `dataset` (11-point "mAP" and area "mAP_area", per-class APs)."""
-    detections, targets = predict_dataset(model, dataset, batch_size, progress)
+    detections, targets = predict_dataset(model, dataset, batch_size, progress, precision)
     return evaluate_detections(detections, targets, model.class_names)
 
 

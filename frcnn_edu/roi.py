@@ -164,6 +164,7 @@ def roi_pool(features: torch.Tensor, rois: torch.Tensor, output_size: int | Sequ
     """
     size = check_output_size(output_size)
     check_roi_impl(impl)
+    features = float32_under_mixed_precision(features, rois)
     if validate:
         check_rois(features, rois)
     if impl == "fast":
@@ -248,6 +249,7 @@ def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: int | Seq
     """
     size = check_output_size(output_size)
     check_roi_impl(impl)
+    features = float32_under_mixed_precision(features, rois)
     if validate:
         check_rois(features, rois)
     if impl == "fast":
@@ -294,3 +296,12 @@ def boxes_to_rois(boxes: Sequence[torch.Tensor]) -> torch.Tensor:
     index = torch.cat([torch.full((len(b), 1), i, dtype=b.dtype, device=b.device)
                        for i, b in enumerate(boxes)])
     return torch.cat([index, torch.cat(list(boxes))], dim=1)
+
+
+def float32_under_mixed_precision(features: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+    """Under torch.autocast the features may be bfloat16 / float16 while the RoIs stay float32
+    (bfloat16 cannot hold a 1000-px coordinate to better than 4 px): pool in float32 then."""
+    half = (torch.float16, torch.bfloat16)
+    if features.dtype in half and rois.dtype == torch.float32:
+        return features.float()
+    return features

@@ -16,7 +16,6 @@ outputs is defined once, in `frcnn_edu.anchors`.
 """
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import torch
@@ -290,9 +289,10 @@ class RegionProposalNetwork(nn.Module):
         c = self.config
         scores_map, deltas_map = self.head(features)
         height, width = features.shape[-2:]
-        anchors = self.anchor_generator((height, width), device=features.device, dtype=features.dtype)
-        # Box arithmetic and losses in float32 also under mixed precision (torch.autocast):
-        # float16 cannot hold pixel coordinates of a 1000-px image to better than 0.5 px.
+        # Anchors, box arithmetic, matching and losses in float32 also under mixed precision
+        # (torch.autocast): float16 cannot hold pixel coordinates of a 1000-px image to better
+        # than 0.5 px (bfloat16: 4 px), and the highest-IoU rule compares IoUs for equality.
+        anchors = self.anchor_generator((height, width), device=features.device, dtype=torch.float32)
         scores = flatten_head_output(scores_map, self.head.scores_per_anchor).float()   # (B, A, 2|1)
         deltas = flatten_head_output(deltas_map, 4).float()                              # (B, A, 4)
 
@@ -323,6 +323,7 @@ class RegionProposalNetwork(nn.Module):
     def targets(self, anchors: torch.Tensor, targets, image_sizes) -> tuple[torch.Tensor, torch.Tensor]:
         """Labels (B, A) and eq. 2 regression targets (B, A, 4) for a batch."""
         c = self.config
+        check_generator_device(self.generator, anchors.device)
         labels, regression = [], []
         for target, size in zip(targets, image_sizes):
             image_labels, matched = assign_anchor_targets(
@@ -332,3 +333,10 @@ class RegionProposalNetwork(nn.Module):
             labels.append(image_labels)
             regression.append(box_ops.encode(matched, anchors, validate=False))
         return torch.stack(labels), torch.stack(regression)
+
+
+def check_generator_device(generator: torch.Generator | None, device: torch.device) -> None:
+    """A random generator must live where the sampling happens (torch.rand would raise deep inside)."""
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"the sampling generator is on {generator.device} but the model runs on "
+                         f"{device.type}: create it there, torch.Generator(device={device.type!r})")

@@ -15,6 +15,7 @@ What it guarantees, so that no work is lost:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import signal
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .checkpoints import CheckpointLock, check_class_count, prepare_folder, read_checkpoint, save_checkpoint
 
 
@@ -58,6 +60,11 @@ class TrainingSession:
                  checkpoint_every: int = 500, log=None, log_every: int = 10, resume: bool = False,
                  seed: int = 0, device=None, time_limit: float | None = None):
         self.model, self.schedule, self.iters = model, schedule, iters
+        self.device = torch.device(device if device is not None else "cpu")
+        self.rank = distributed.rank()
+        self.writer = self.rank == 0          # only rank 0 writes checkpoints and the loss log
+        self.scaler: torch.amp.GradScaler | None = None     # set by the trainer (fp16)
+        self.scaler_state: dict | None = None
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.checkpoint_every, self.log_every, self.time_limit = checkpoint_every, log_every, time_limit
         self.stage_iters = [iters // num_stages + (1 if i < iters % num_stages else 0) for i in range(num_stages)]
@@ -65,7 +72,7 @@ class TrainingSession:
         self.step1_network: dict | None = None
         self.optimizer_state: dict | None = None
         self.generator = torch.Generator(device=device).manual_seed(seed + 1)
-        self.lock = CheckpointLock(self.checkpoint) if self.checkpoint is not None else None
+        self.lock = CheckpointLock(self.checkpoint) if self.checkpoint is not None and self.writer else None
         self.log_file = None
         self.stop_signal: int | None = None
         self._saved_handlers: dict = {}
@@ -75,8 +82,8 @@ class TrainingSession:
             if resume and self.checkpoint is not None and self.checkpoint.exists():
                 self._restore(num_stages)
             else:
-                torch.manual_seed(seed)
-            if log is not None:
+                torch.manual_seed(seed + self.rank)   # own dropout masks per rank
+            if log is not None and self.writer:
                 prepare_folder(log)
                 self.log_file = open(log, "a")
         except BaseException:
@@ -102,10 +109,9 @@ class TrainingSession:
                              f"({str(error).splitlines()[-1].strip()})") from None
         self.stage, self.iteration, self.history = saved["stage"], saved["iteration"], saved["history"]
         self.optimizer_state = saved.get("optimizer")
+        self.scaler_state = saved.get("scaler")
         self.step1_network = saved.get("step1_network")
-        torch.set_rng_state(saved["rng"])
-        if saved.get("generator") is not None:
-            self.generator.set_state(saved["generator"])
+        self._restore_random_states(saved)
         if self.stage >= num_stages and self.iters > saved["iters"]:
             # A finished run asked for more iterations: extend its (single) stage.
             if num_stages > 1:
@@ -116,6 +122,31 @@ class TrainingSession:
         elif self.iters != saved["iters"]:
             raise ValueError(f"{self.checkpoint} was written by a run of {saved['iters']} iterations; "
                              f"resume it with the same iters (or more, once it has finished)")
+
+    def _random_states(self) -> dict:
+        """This rank's random states: torch's CPU (flips of old runs, initialisation), CUDA's
+        (dropout on the GPU) and the sampling generator's, with the device it lives on."""
+        return {"rng": torch.get_rng_state(), "generator": self.generator.get_state(),
+                "generator_device": self.generator.device.type,
+                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
+
+    def _restore_random_states(self, saved: dict) -> None:
+        ranks = saved.get("rank_states")
+        states = ranks[self.rank] if ranks and len(ranks) == distributed.world_size() else saved
+        torch.set_rng_state(states["rng"])
+        if states.get("cuda_rng") is not None and self.device.type == "cuda":
+            if len(states["cuda_rng"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(states["cuda_rng"])
+        generator_state = states.get("generator")
+        if generator_state is None:
+            return
+        if states.get("generator_device", "cpu") == self.generator.device.type:
+            self.generator.set_state(generator_state)
+        else:
+            # A CPU generator's state cannot seed a CUDA one (5,056 bytes vs 16): resuming on another
+            # kind of device continues with a sampling stream derived from the saved one.
+            digest = hashlib.sha256(bytes(generator_state.tolist())).digest()
+            self.generator.manual_seed(int.from_bytes(digest[:8], "little") % (2 ** 63))
 
     def first_iteration(self, stage: int) -> int | None:
         """Where `stage` starts: 0, the resumed iteration, or None when it finished already."""
@@ -160,7 +191,10 @@ class TrainingSession:
         """Checkpoint every checkpoint_every iterations, on a stop signal and when time is up."""
         self.stage, self.iteration = stage, iteration + 1
         out_of_time = self.time_limit is not None and time.perf_counter() - self.started > self.time_limit
-        stop = self.stop_signal is not None
+        # Under torchrun every rank must stop (and save) at the same iteration.
+        stop, out_of_time = distributed.agree(self.stop_signal is not None, out_of_time, device=self.device)
+        if stop and self.stop_signal is None:
+            self.stop_signal = signal.SIGTERM       # another rank was told to stop
         if out_of_time or stop:   # the iterations since the last record are not lost from the log
             self.flush_record(stage_name, iteration)
         if self.checkpoint is not None and (self.iteration % self.checkpoint_every == 0 or out_of_time or stop):
@@ -171,6 +205,18 @@ class TrainingSession:
                                       self.stage_iters[stage])
         if out_of_time:
             raise TimeLimitReached
+
+    def check_losses(self, stage_name: str, iteration: int, losses: dict) -> None:
+        """Under torchrun: if any rank's losses are not finite, every rank raises, at once (one
+        rank raising alone would leave the others waiting for it). One process: checked when
+        the losses are logged and before every checkpoint."""
+        if not distributed.is_distributed():
+            return
+        finite = all(bool(torch.isfinite(v.detach()).all()) for v in losses.values())
+        (diverged,) = distributed.agree(not finite, device=self.device)
+        if diverged:
+            raise FloatingPointError(f"training diverged at {stage_name} iteration {iteration + 1}: losses not "
+                                     f"finite on at least one rank; try a smaller learning rate (--lr)")
 
     def _check_finite(self, stage_name: str) -> None:
         """Never write a checkpoint from a diverged step: losses and weights must be finite."""
@@ -207,10 +253,16 @@ class TrainingSession:
             self.save(None)
 
     def save(self, optimizer) -> None:
+        """Write the checkpoint (rank 0; every rank calls this, to hand over its random states)."""
+        rank_states = distributed.gather_objects(self._random_states())
+        if not self.writer:
+            return
+        scaler = self.scaler if self.scaler is not None and self.scaler.is_enabled() else None
         training = {"schedule": self.schedule, "stage": self.stage, "iteration": self.iteration,
-                    "iters": self.iters, "history": self.history, "rng": torch.get_rng_state(),
-                    "generator": self.generator.get_state(),
+                    "iters": self.iters, "history": self.history, **rank_states[0],
+                    "rank_states": rank_states if len(rank_states) > 1 else None,
                     "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                    "scaler": scaler.state_dict() if scaler is not None else None,
                     "step1_network": self.step1_network}
         save_checkpoint(self.checkpoint, self.model, training)
 

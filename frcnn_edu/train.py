@@ -26,9 +26,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoints import resolve_device
-from .data.transforms import RandomHorizontalFlip
+from .data.loader import TrainingBatches, batch_loader, default_workers
 from .faster_rcnn import FasterRCNN
+from .precision import autocast, check_precision
 from .session import TimeLimitReached, TrainingInterrupted, TrainingSession  # noqa: F401 (re-exported)
 
 SCHEDULES = {"joint": 1, "alternating": 4, "rpn": 1}   # number of stages of each schedule
@@ -37,7 +39,8 @@ SCHEDULES = {"joint": 1, "alternating": 4, "rpn": 1}   # number of stages of eac
 def train(model: FasterRCNN, dataset, *, iters: int, batch_size: int = 2, lr: float | None = None,
           schedule: str = "joint", checkpoint=None, checkpoint_every: int = 500, resume: bool = False,
           device="auto", seed: int = 0, log=None, progress: bool = True, warmup: int = 0,
-          log_every: int = 10, time_limit: float | None = None, amp: bool = False) -> list[dict]:
+          log_every: int = 10, time_limit: float | None = None, amp: bool = False,
+          precision: str = "fp32", workers: int | None = None) -> list[dict]:
     """Train `model` in place on `dataset` ((image, target) pairs). Returns the loss history.
 
     schedule: "joint" (approximate joint training), "alternating" (the 4 steps; `iters` is
@@ -45,9 +48,14 @@ def train(model: FasterRCNN, dataset, *, iters: int, batch_size: int = 2, lr: fl
     checkpoint: path rewritten every checkpoint_every iterations and at the end (with the
     optimizer, iteration and RNG state); resume=True continues from it. log: path of a JSON
     lines file with the averaged losses every log_every iterations. time_limit: stop early
-    (and checkpoint) after that many seconds. amp: mixed precision on CUDA (float16 convolutions
-    and matrix products under torch.autocast, a gradient scaler against underflow; box
-    arithmetic and losses stay float32).
+    (and checkpoint) after that many seconds.
+    precision: "fp32" (default), "bf16" (CPU and CUDA) or "fp16" (CUDA, with a gradient scaler
+    against underflow): convolutions and matrix products under torch.autocast, box arithmetic
+    and losses in float32 (frcnn_edu.precision). amp=True is the old name of precision="fp16".
+    workers: DataLoader worker processes loading the batches (default: a few, by the CPU count;
+    0 loads in this process). Batch k and its flips are the same for any number of workers.
+    Under torchrun (frcnn_edu.distributed) every rank trains on its batch_size images of each
+    global batch and DistributedDataParallel averages the gradients; rank 0 writes.
     Parameters that are frozen when train() is called (VGG-16's conv1-conv2 with ImageNet
     weights, [P] Sec. 3.1.3) stay frozen through every stage and afterwards.
 
@@ -66,9 +74,10 @@ def train(model: FasterRCNN, dataset, *, iters: int, batch_size: int = 2, lr: fl
                          f"{model.num_classes}: build the model with num_classes={len(classes)}")
     if len(dataset) == 0:
         raise ValueError("the dataset is empty: there is nothing to train on")
-    device = resolve_device(device)
+    device = distributed.local_device(resolve_device(device))
     if amp and device.type != "cuda":
         raise ValueError(f"amp=True (mixed precision) needs a CUDA device, got {device}")
+    precision = check_precision("fp16" if amp else precision, device)
     model.to(device)
     fixed = {p for p in model.parameters() if not p.requires_grad}
     session = TrainingSession(model, schedule=schedule, num_stages=SCHEDULES[schedule], iters=iters,
@@ -76,8 +85,9 @@ def train(model: FasterRCNN, dataset, *, iters: int, batch_size: int = 2, lr: fl
                               log_every=log_every, resume=resume, seed=seed, device=device,
                               time_limit=time_limit)
     run_stage = StageRunner(model, dataset, session, fixed, batch_size=batch_size, seed=seed, warmup=warmup,
-                        lr=lr if lr is not None else model.config.lr, device=device, amp=amp,
-                        progress=progress)
+                            lr=lr if lr is not None else model.config.lr, device=device, precision=precision,
+                            progress=progress and session.writer,
+                            workers=default_workers() if workers is None else workers)
     model.set_generator(session.generator)
     session.catch_stop_signals()
     try:
@@ -155,12 +165,16 @@ class StageRunner:
     """
 
     def __init__(self, model: FasterRCNN, dataset, session: TrainingSession, fixed: set, *,
-                 batch_size: int, seed: int, lr: float, warmup: int, device, amp: bool, progress: bool):
+                 batch_size: int, seed: int, lr: float, warmup: int, device, precision: str,
+                 progress: bool, workers: int):
         self.model, self.dataset, self.session, self.fixed = model, dataset, session, fixed
         self.batch_size, self.seed, self.lr, self.warmup = batch_size, seed, lr, warmup
-        self.device, self.amp, self.progress = device, amp, progress
-        self.flip = RandomHorizontalFlip(model.config.flip_prob)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        self.device, self.precision, self.progress, self.workers = device, precision, progress, workers
+        # fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+        session.scaler = self.scaler
+        if session.scaler_state is not None:
+            self.scaler.load_state_dict(session.scaler_state)
 
     def __call__(self, index: int, name: str, *, trains: list[nn.Module], losses: Callable,
                  fixed_backbone: bool = False) -> None:
@@ -171,24 +185,26 @@ class StageRunner:
         optimizer = torch.optim.SGD(self._trainable(trains), lr=self.lr, momentum=config.momentum,
                                     weight_decay=config.weight_decay)
         self.session.restore_optimizer(optimizer)
-        data = batches(self.dataset, self.batch_size, self.seed + 1000 * index, start=first)
-        bar = tqdm(range(first, n), initial=first, total=n, desc=f"train [{name}]",
+        batches = TrainingBatches(self.dataset, self.batch_size, self.seed + 1000 * index,
+                                  config.flip_prob, distributed.rank(), distributed.world_size())
+        data = batch_loader(batches, first, n, workers=self.workers, pin_memory=self.device.type == "cuda")
+        loss_of = distributed.wrap_for_ranks(model, losses, self.device)   # losses itself in one process
+        bar = tqdm(zip(range(first, n), data), initial=first, total=n, desc=f"train [{name}]",
                    disable=not self.progress, leave=False)
-        for iteration in bar:
+        for iteration, (images, targets) in bar:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(self.lr, iteration, n, config.lr_drop_at,
                                             config.lr_drop_factor, self.warmup)
-            images, targets = next(data)
-            images, targets = zip(*[self.flip(img, tgt) for img, tgt in zip(images, targets)])
             model.train()
             if fixed_backbone:
                 model.backbone.eval()   # frozen BatchNorm statistics too
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                loss_terms = losses(list(images), list(targets))
+            with autocast(self.device, self.precision):
+                loss_terms = loss_of(images, targets)
             optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(sum(loss_terms.values())).backward()   # without amp: plain backward
+            self.scaler.scale(sum(loss_terms.values())).backward()   # fp32 / bf16: a plain backward
             self.scaler.step(optimizer)
             self.scaler.update()
+            self.session.check_losses(name, iteration, loss_terms)
             self.session.record(name, index, iteration, loss_terms, optimizer.param_groups[0]["lr"])
             if self.session.history:
                 bar.set_postfix(loss=f"{self.session.history[-1]['loss']:.3f}")
@@ -220,23 +236,6 @@ def _reinitialise(module: nn.Module, fresh: nn.Module, keep: set) -> None:
         if p in keep:
             state[name] = p.detach()
     module.load_state_dict(state)
-
-
-def batches(dataset, batch_size: int, seed: int, start: int = 0):
-    """Endless mini-batches from a reshuffled dataset: epoch e uses permutation seed + e.
-
-    Yields (images, targets) lists; `start` skips that many batches (for resuming) without
-    loading them.
-    """
-    per_epoch = max(1, len(dataset) // batch_size)
-    step = start
-    while True:
-        epoch, offset = divmod(step, per_epoch)
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + epoch))
-        chunk = order[offset * batch_size: (offset + 1) * batch_size].tolist()
-        samples = [dataset[i] for i in chunk]
-        yield [s[0] for s in samples], [s[1] for s in samples]
-        step += 1
 
 
 def learning_rate(base_lr: float, iteration: int, iters: int, drop_at: float, factor: float,

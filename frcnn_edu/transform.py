@@ -10,6 +10,7 @@ only ever see the original image's coordinates.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -39,11 +40,14 @@ class ImageTransform(nn.Module):
 
     forward(images, targets=None) -> (ImageBatch, targets rescaled to the batch, or None)
     to_original(boxes [(N_i, 4)], batch) -> boxes [(N_i, 4)] in each original image
+
+    num_classes: C; given, a target label above C is an error naming the image (check_targets).
     """
 
-    def __init__(self, config: FasterRCNNConfig):
+    def __init__(self, config: FasterRCNNConfig, num_classes: int | None = None):
         super().__init__()
         self.config = config
+        self.num_classes = num_classes
         self.register_buffer("image_mean", torch.tensor(config.image_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(config.image_std).view(3, 1, 1), persistent=False)
 
@@ -57,7 +61,7 @@ class ImageTransform(nn.Module):
     def forward(self, images, targets=None) -> tuple[ImageBatch, list | None]:
         images = check_images(images)
         if targets is not None:
-            targets = check_targets(images, targets)
+            targets = check_targets(images, targets, self.num_classes)
         device = self.image_mean.device
         resized, sizes, scales, originals = [], [], [], []
         for image in images:
@@ -123,7 +127,13 @@ class ImageTransform(nn.Module):
 # Input checks: every image and target passes through here before any arithmetic
 # ----------------------------------------------------------------------------------------------
 def check_images(images) -> list[torch.Tensor]:
-    """A (3, H, W) tensor, a (B, 3, H, W) tensor or a list of (3, H, W) tensors -> a list."""
+    """A (3, H, W) tensor, a (B, 3, H, W) tensor or a list of (3, H, W) tensors -> a list.
+
+    Each image must be float with values in [0, 1] (the model normalises them itself with
+    config.image_mean / image_std). The range test is loose (values in [-0.5, 1.5] pass, so
+    resampling overshoot is fine) but catches the usual mistakes: 0-255 pixels, and images
+    normalised twice. NaN or Inf pixels are an error too.
+    """
     if isinstance(images, torch.Tensor):
         if images.dim() == 3:
             images = [images]
@@ -134,6 +144,8 @@ def check_images(images) -> list[torch.Tensor]:
                              f"of (3, H, W) tensors; got a tensor of shape {tuple(images.shape)}")
     if not isinstance(images, (list, tuple)):
         raise ValueError(f"images must be a tensor or a list of tensors, got {type(images).__name__}")
+    if len(images) == 0:
+        raise ValueError("no images: got an empty batch (a list or tensor of 0 images)")
     for i, image in enumerate(images):
         if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
             shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
@@ -143,12 +155,34 @@ def check_images(images) -> list[torch.Tensor]:
                              f"(convert with image.float() / 255)")
         if min(image.shape[1:]) < 1:
             raise ValueError(f"images[{i}] is empty: shape {tuple(image.shape)}")
+        _check_pixel_range(image, i)
     return list(images)
 
 
-def check_targets(images: list[torch.Tensor], targets) -> list[dict]:
-    """One validated target per image (frcnn_edu.data.targets.validate_target)."""
+def _check_pixel_range(image: torch.Tensor, i: int) -> None:
+    """ValueError naming images[i] if it holds NaN/Inf or is clearly not in [0, 1]."""
+    if image.device.type == "meta":   # shapes only, no values to check
+        return
+    # One min/max reduction per image. On a GPU, reading the two numbers back waits for the
+    # device (a host sync): acceptable once per image at the model's door.
+    low, high = torch.stack(torch.aminmax(image.detach())).tolist()
+    if math.isnan(low) or math.isnan(high):
+        raise ValueError(f"images[{i}] contains NaN pixels")
+    if math.isinf(low) or math.isinf(high):
+        raise ValueError(f"images[{i}] contains infinite pixels (range [{low:g}, {high:g}])")
+    if low < -0.5:   # first: a normalised image usually exceeds 1.5 as well
+        raise ValueError(f"images[{i}] has values in [{low:g}, {high:g}], expected [0, 1]; pass "
+                         f"unnormalised pixels (the model subtracts config.image_mean itself), "
+                         f"or scale 0-255 pixels with image / 255")
+    if high > 1.5:
+        raise ValueError(f"images[{i}] has values in [{low:g}, {high:g}], expected [0, 1]; "
+                         f"0-255 pixels must be scaled: image / 255")
+
+
+def check_targets(images: list[torch.Tensor], targets, num_classes: int | None = None) -> list[dict]:
+    """One validated target per image (frcnn_edu.data.targets.validate_target); given
+    num_classes, labels must be 1..num_classes."""
     if len(targets) != len(images):
         raise ValueError(f"got {len(images)} images but {len(targets)} targets")
-    return [validate_target(t, tuple(image.shape[1:]), index=i)
+    return [validate_target(t, tuple(image.shape[1:]), index=i, num_classes=num_classes)
             for i, (image, t) in enumerate(zip(images, targets))]

@@ -199,6 +199,7 @@ def test_freeze_early_layers_noop(name):
 # ------------------------------------------------------- torchvision weights
 
 
+@pytest.mark.slow
 def test_torchvision_weights_give_torchvision_features(torchvision_vgg16):
     backbone = build_backbone("vgg16").eval()
     load_torchvision_vgg16_weights(backbone, torchvision_vgg16.state_dict())
@@ -210,6 +211,7 @@ def test_torchvision_weights_give_torchvision_features(torchvision_vgg16):
     torch.testing.assert_close(ours, theirs)
 
 
+@pytest.mark.slow
 def test_torchvision_weights_shape_mismatch(torchvision_vgg16):
     state = dict(torchvision_vgg16.state_dict())
     state["features.5.weight"] = torch.zeros(128, 64, 5, 5)
@@ -246,6 +248,7 @@ def test_pretrained_offline_raises_clear_error(no_network):
     assert calls == ["https://download.pytorch.org/models/vgg16-397923af.pth"]
 
 
+@pytest.mark.slow
 def test_pretrained_loads_from_hub_cache_without_network(no_network, torchvision_vgg16):
     cache_dir, calls = no_network
     cache_dir.mkdir(parents=True)

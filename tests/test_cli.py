@@ -60,6 +60,7 @@ def test_detect_writes_pictures_and_json(tmp_path, checkpoint):
     assert str(image) in report
 
 
+@pytest.mark.slow
 def test_demo_runs_on_a_given_checkpoint(tmp_path, checkpoint):
     out = tmp_path / "demo"
     assert main(["demo", "--checkpoint", str(checkpoint), "--num-images", "4", "--num-pictures", "2",
@@ -102,6 +103,7 @@ def test_unreadable_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert "could not be read" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_eval_with_truncated_svd(tmp_path, checkpoint, capsys):
     """--svd at full rank gives the dense model's mAP; an impossible rank exits 2."""
     dense, svd = tmp_path / "dense.json", tmp_path / "svd.json"

@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from frcnn_edu.evaluate import (evaluate_detections, match_detections, precision_recall,
-                                proposal_recall, recall_vs_iou, voc_ap)
+from frcnn_edu.evaluate import (
+    evaluate_detections,
+    match_detections,
+    precision_recall,
+    proposal_recall,
+    recall_vs_iou,
+    voc_ap,
+)
 
 
 def det(boxes, scores, labels=None):

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from frcnn_edu import boxes as box_ops
-from frcnn_edu.fast_rcnn import (FastRCNNHead, fast_rcnn_loss, postprocess_detections,
-                                 sample_proposal_targets)
+from frcnn_edu.fast_rcnn import FastRCNNHead, fast_rcnn_loss, postprocess_detections, sample_proposal_targets
 
 WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 
@@ -312,6 +311,7 @@ def test_truncated_svd_rejects_bad_ranks_and_double_compression():
         head.compress(8, 4)
 
 
+@pytest.mark.slow
 def test_compressed_head_keeps_the_detections_of_a_model_and_cannot_be_saved(tmp_path):
     from frcnn_edu import FasterRCNN
     from frcnn_edu.checkpoints import save_checkpoint

@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import frcnn_edu.train as train_module
 from frcnn_edu import FasterRCNN, get_preset, load_model, save_checkpoint
 from frcnn_edu.backbones import Tiny
 from frcnn_edu.checkpoints import FORMAT, read_checkpoint
 from frcnn_edu.data import ShapesDataset
+from frcnn_edu.session import TrainingSession
 from frcnn_edu.train import train
 
 LOSS_KEYS = {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box"}
@@ -39,14 +39,8 @@ def target(boxes, labels):
             "labels": torch.tensor(labels, dtype=torch.int64)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, loaded CPU, OpenMP threads competing with other
-    processes make these small convolutions 5-10x slower; results do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread for the whole module (tests/conftest.py says why).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TARGETS = [target([[5, 5, 30, 25], [35, 15, 60, 55]], [1, 4]), target([[10, 10, 45, 50]], [2])]
@@ -66,7 +60,7 @@ def test_training_returns_the_four_losses_and_backward_works():
     assert set(losses) == LOSS_KEYS
     assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
-    for part in (model.backbone, model.rpn.head, model.roi_head):
+    for part in (model.backbone, model.rpn.head, model.fast_rcnn.head):
         grads = [p.grad for p in part.parameters() if p.grad is not None]
         assert grads and all(torch.isfinite(g).all() for g in grads)
         assert sum(g.abs().sum() for g in grads) > 0
@@ -142,7 +136,7 @@ def test_propose_stays_inside_odd_sized_images_and_keeps_submodule_modes():
 def test_preprocess_scales_targets_by_exactly_the_factor():
     model = make_model()
     boxes = [[10, 20, 50, 90], [0, 0, 90, 200]]
-    batch, targets = model.preprocess([image(200, 90)], [target(boxes, [1, 2])])
+    batch, targets = model.transform([image(200, 90)], [target(boxes, [1, 2])])
     # shorter side 90 -> 64 would make the longer 142 > 64, so the longer side goes to 64
     assert batch.image_sizes == [(64, 29)]                             # 90 * 0.32 = 28.8
     sy, sx = batch.scales[0]
@@ -157,14 +151,14 @@ def test_preprocess_scales_targets_by_exactly_the_factor():
 def test_rescale_factor_paper_rule():
     """Sec. 3.3: shorter side to 600 unless the longer side would exceed 1000."""
     model = make_model(min_size=600, max_size=1000)
-    batch, _ = model.preprocess([image(375, 500), image(500, 1500)])
+    batch, _ = model.transform([image(375, 500), image(500, 1500)])
     assert batch.image_sizes == [(600, 800), (333, 1000)]
-    assert model.rescale_factor(375, 500) == pytest.approx(1.6)
-    assert model.rescale_factor(500, 1500) == pytest.approx(1000 / 1500)
+    assert model.transform.rescale_factor(375, 500) == pytest.approx(1.6)
+    assert model.transform.rescale_factor(500, 1500) == pytest.approx(1000 / 1500)
     with torch.device("meta"):
         paper = FasterRCNN.from_preset("paper_vgg16", 20)
-    assert paper.rescale_factor(375, 500) == pytest.approx(1.6)
-    assert paper.rescale_factor(600, 1000) == 1.0
+    assert paper.transform.rescale_factor(375, 500) == pytest.approx(1.6)
+    assert paper.transform.rescale_factor(600, 1000) == 1.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,12 +218,12 @@ def test_paper_presets_build_with_the_papers_numbers():
         vgg = FasterRCNN.from_preset("paper_vgg16", 20)
         zf = FasterRCNN.from_preset("paper_zf", 20)
     assert vgg.config.rpn_mid_channels == 512 and vgg.config.roi_output_size == 7
-    assert vgg.rpn.head.conv.out_channels == 512 and vgg.roi_head.fc6.in_features == 512 * 7 * 7
+    assert vgg.rpn.head.conv.out_channels == 512 and vgg.fast_rcnn.head.fc6.in_features == 512 * 7 * 7
     assert zf.config.rpn_mid_channels == 256 and zf.config.roi_output_size == 6
-    assert zf.rpn.head.conv.out_channels == 256 and zf.roi_head.fc6.in_features == 256 * 6 * 6
+    assert zf.rpn.head.conv.out_channels == 256 and zf.fast_rcnn.head.fc6.in_features == 256 * 6 * 6
     for model in (vgg, zf):
         assert model.rpn.head.num_anchors == 9 and model.backbone.stride == 16
-        assert model.roi_head.cls_score.out_features == 21
+        assert model.fast_rcnn.head.cls_score.out_features == 21
         assert model.config.min_size == 600 and model.config.max_size == 1000
         assert model.config.rpn_post_nms_top_n_test == 300 and model.config.box_coder_weights == (10, 10, 5, 5)
 
@@ -340,7 +334,7 @@ def test_joint_training_logs_and_checkpoints(tmp_path, dataset):
     assert lines == history
     assert not model.training
     after = _state(model)
-    for prefix in ("backbone.", "rpn.", "roi_head."):
+    for prefix in ("backbone.", "rpn.", "fast_rcnn."):
         assert not _same(before, after, prefix)
     loaded = load_model(ckpt, device="cpu")
     assert all(torch.equal(v, after[k]) for k, v in loaded.state_dict().items())
@@ -375,13 +369,13 @@ def test_resume_continues_an_interrupted_run(tmp_path, dataset):
 def test_alternating_training_shares_one_backbone(tmp_path, dataset, monkeypatch):
     """[P] Sec. 3.2, 4 steps; snapshots at the end of every step show what each step changed."""
     snapshots = {}
-    real_save = train_module._save
+    real_save = TrainingSession.save
 
-    def spy(path, model, optimizer, state, helper, generator):
-        snapshots[state["stage"]] = _state(model)
-        real_save(path, model, optimizer, state, helper, generator)
+    def spy(session, optimizer):
+        snapshots[session.stage] = _state(session.model)
+        real_save(session, optimizer)
 
-    monkeypatch.setattr(train_module, "_save", spy)
+    monkeypatch.setattr(TrainingSession, "save", spy)
     model = make_model()
     initial = _state(model)
     history = train(model, dataset, iters=8, batch_size=2, schedule="alternating",
@@ -394,20 +388,20 @@ def test_alternating_training_shares_one_backbone(tmp_path, dataset, monkeypatch
     s1, s2, s3, s4 = (snapshots[i] for i in range(4))
     # step 1 trains backbone + RPN only
     assert not _same(initial, s1, "backbone.") and not _same(initial, s1, "rpn.")
-    assert _same(initial, s1, "roi_head.")
+    assert _same(initial, s1, "fast_rcnn.")
     # step 2: a separate detector with its own fresh conv layers; the RPN is untouched
-    assert not _same(s1, s2, "backbone.") and not _same(s1, s2, "roi_head.")
+    assert not _same(s1, s2, "backbone.") and not _same(s1, s2, "fast_rcnn.")
     assert _same(s1, s2, "rpn.")
     # step 3: shared conv layers frozen (BatchNorm statistics too), only the RPN moves
-    assert _same(s2, s3, "backbone.") and _same(s2, s3, "roi_head.")
+    assert _same(s2, s3, "backbone.") and _same(s2, s3, "fast_rcnn.")
     assert not _same(s2, s3, "rpn.")
     # step 4: still frozen, only the detector-specific layers move
     assert _same(s3, s4, "backbone.") and _same(s3, s4, "rpn.")
-    assert not _same(s3, s4, "roi_head.")
+    assert not _same(s3, s4, "fast_rcnn.")
     # one unified network: a single backbone, nothing left trainable-frozen, and it detects
     assert sum(isinstance(m, Tiny) for m in model.modules()) == 1
     assert all(p.requires_grad for p in model.parameters())
-    assert read_checkpoint(tmp_path / "alt.pt")["training"]["helper"] is None
+    assert read_checkpoint(tmp_path / "alt.pt")["training"]["step1_network"] is None
     with torch.no_grad():
         out = model([dataset[0][0]])
     assert not model.training and out[0]["boxes"].shape[1] == 4 and out[0]["labels"].dtype == torch.int64
@@ -420,7 +414,7 @@ def test_rpn_schedule_trains_only_the_rpn(dataset):
                     device="cpu", progress=False)
     assert set(history[0]) >= {"loss_rpn_cls", "loss_rpn_box"} and "loss_cls" not in history[0]
     after = _state(model)
-    assert _same(before, after, "roi_head.")
+    assert _same(before, after, "fast_rcnn.")
     assert not _same(before, after, "rpn.") and not _same(before, after, "backbone.")
 
 
@@ -495,3 +489,78 @@ def test_cuda_mixed_precision_training(dataset):
 def test_mixed_precision_needs_cuda(dataset):
     with pytest.raises(ValueError, match="amp=True .* needs a CUDA device"):
         train(make_model(), dataset, iters=1, device="cpu", amp=True, progress=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fixed layers, proposal settings per call, difficult objects, old checkpoints
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("schedule", ["joint", "alternating"])
+def test_layers_frozen_before_training_stay_frozen_through_every_stage(schedule, dataset):
+    """Like VGG-16's conv1-conv2 with ImageNet weights ([P] Sec. 3.1.3): train() must neither
+    update nor unfreeze them, in any stage, nor after training."""
+    model = make_model()
+    first_conv = next(model.backbone.parameters())
+    first_conv.requires_grad_(False)
+    before = first_conv.detach().clone()
+    train(model, dataset, iters=4, batch_size=2, schedule=schedule, log_every=1, device="cpu",
+          progress=False)
+    assert not first_conv.requires_grad
+    assert torch.equal(first_conv.detach(), before)
+    assert all(p.requires_grad for p in model.parameters() if p is not first_conv)
+
+
+def test_propose_takes_settings_per_call_without_changing_the_model():
+    model = make_model().eval()
+    images = [image(seed=1), image(seed=2)]
+    default = model.propose(images)
+    wide = model.propose(images, nms_iou=1.0, post_nms_top_n=300)
+    assert all(len(d["boxes"]) <= CFG.rpn_post_nms_top_n_test for d in default)
+    assert all(len(w["boxes"]) > len(d["boxes"]) for w, d in zip(wide, default))
+    again = model.propose(images)
+    assert all(torch.equal(a["boxes"], d["boxes"]) for a, d in zip(again, default))
+    assert model.config == CFG
+
+
+def test_difficult_objects_are_left_out_of_training_unless_asked():
+    """[C] trains without VOC's "difficult" objects (USE_DIFF = False); evaluation ignores them."""
+    difficult_target = dict(target([[5, 5, 30, 25], [35, 15, 60, 55]], [1, 4]),
+                            difficult=torch.tensor([False, True]))
+    _, (kept,) = make_model().transform([image()], [difficult_target])
+    assert kept["labels"].tolist() == [1] and kept["boxes"].shape == (1, 4)
+    _, (kept,) = make_model(train_on_difficult=True).transform([image()], [difficult_target])
+    assert kept["labels"].tolist() == [1, 4]
+
+
+def test_format_1_checkpoints_load_into_the_new_layout(tmp_path):
+    """Checkpoints written before the detector moved to model.fast_rcnn ("roi_head." keys)."""
+    model = make_model().eval()
+    path = save_checkpoint(tmp_path / "new.pt", model)
+    payload = torch.load(path, weights_only=True)
+    payload["format"] = "frcnn_edu/1"
+    payload["model"] = {k.replace("fast_rcnn.head.", "roi_head."): v for k, v in payload["model"].items()}
+    assert any(k.startswith("roi_head.") for k in payload["model"])
+    torch.save(payload, tmp_path / "old.pt")
+    old = load_model(tmp_path / "old.pt", device="cpu")
+    assert read_checkpoint(tmp_path / "old.pt")["format"] == FORMAT
+    with torch.no_grad():
+        a, b = model([image(seed=4)]), old([image(seed=4)])
+    assert torch.equal(a[0]["boxes"], b[0]["boxes"]) and torch.equal(a[0]["scores"], b[0]["scores"])
+
+
+def test_bench_stages_time_the_models_own_forward_pass():
+    """bench/stages.py wraps the model's parts with clocks: same detections, every stage timed."""
+    from bench import stages
+
+    model = make_model().eval()
+    images = [image(seed=1), image(50, 75, seed=2)]
+    with torch.inference_mode():
+        reference = model(images)
+        times, detections = stages.staged_inference(model, images, sync=lambda: None)
+        after = model(images)
+    assert stages.same_detections(reference, detections) and stages.same_detections(reference, after)
+    assert set(times) == set(stages.PAPER_COLUMN) and all(t >= 0 for t in times.values())
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    times, losses = stages.staged_training_step(model, optimizer, images, TARGETS, sync=lambda: None)
+    assert set(losses) == LOSS_KEYS and {"anchor targets", "backward", "SGD step"} <= set(times)
+    assert "forward" not in vars(model.backbone)        # the clocks are gone after the call

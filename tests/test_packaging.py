@@ -63,3 +63,16 @@ def test_environment_yml_installs_the_package_editable_with_dev_extra():
 def test_console_script_declared():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["frcnn-edu"] == "frcnn_edu.cli:main"
+
+
+def test_version_has_one_source():
+    """pyproject.toml's `version` is the only place the version is written: frcnn_edu.__version__
+    reads it from the installed package's metadata. A mismatch means the environment was installed
+    from an older pyproject.toml: re-run `pip install -e '.[dev]'` (or any `make` target)."""
+    import frcnn_edu
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "version" not in project.get("dynamic", [])
+    assert frcnn_edu.__version__ == project["version"]
+    init = (ROOT / "frcnn_edu" / "__init__.py").read_text()
+    assert project["version"] not in init, "frcnn_edu/__init__.py must not hard-code the version"

@@ -16,9 +16,15 @@ from torch import nn
 from frcnn_edu import boxes as box_ops
 from frcnn_edu.anchors import AnchorGenerator, flatten_head_output, inside_image
 from frcnn_edu.config import FasterRCNNConfig
-from frcnn_edu.rpn import (RegionProposalNetwork, RPNHead, assign_anchor_targets,
-                           generate_proposals, objectness_logit, rpn_loss, sample_anchors)
-
+from frcnn_edu.rpn import (
+    RegionProposalNetwork,
+    RPNHead,
+    assign_anchor_targets,
+    generate_proposals,
+    objectness_logit,
+    rpn_loss,
+    sample_anchors,
+)
 
 # One intra-op thread for the whole module (tests/conftest.py says why).
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -536,7 +542,9 @@ def test_parallel_map_keeps_order_and_the_callers_modes():
         with torch.inference_mode():
             assert parallel_map(lambda _: torch.is_inference_mode_enabled(), range(4), "cpu") == [True] * 4
         assert parallel_map(lambda _: torch.is_grad_enabled(), range(4), "cpu") == [True] * 4
-        names = lambda n, **k: set(parallel_map(lambda _: threading.current_thread().name, range(n), "cpu", **k))
+        def names(n, **k):
+            return set(parallel_map(lambda _: threading.current_thread().name, range(n), "cpu", **k))
+
         assert names(3, min_items=4) == {threading.current_thread().name}   # too few: inline
         assert all(name.startswith("frcnn_edu") for name in names(8))       # the pool's threads
         torch.set_num_threads(1)

@@ -139,6 +139,7 @@ def test_a_failed_write_leaves_no_temporary_file_and_the_old_checkpoint(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
 
 
+@pytest.mark.slow
 def test_cli_on_a_full_disk_is_one_line_and_leaves_no_temporary_file(tmp_path):
     """RLIMIT_FSIZE stands in for a full disk: writes beyond 1 MB fail with EFBIG."""
     def limit():

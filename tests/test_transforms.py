@@ -178,7 +178,8 @@ def test_empty_target_is_valid():
         ({"boxes": torch.zeros(2, 4), "labels": torch.ones(3, dtype=torch.int64)}, r"labels.*\(2,\).*\(3,\)"),
         ({"boxes": torch.zeros(1, 4), "labels": torch.ones(1)}, "labels.*int64"),
         ({"boxes": torch.zeros(1, 4)}, "no 'labels'"),
-        ({"boxes": torch.zeros(1, 4), "labels": torch.ones(1, dtype=torch.int64), "difficult": torch.ones(2)}, "difficult"),
+        ({"boxes": torch.zeros(1, 4), "labels": torch.ones(1, dtype=torch.int64), "difficult": torch.ones(2)},
+         "difficult"),
     ],
 )
 def test_bad_targets_name_the_source(target, message):

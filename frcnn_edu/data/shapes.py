@@ -126,6 +126,10 @@ class ShapesDataset(Dataset):
             image, target = self.transforms(image, target)
         return image, target
 
+    def check(self):
+        """Problems in the data (frcnn_edu.data.check_dataset): none, images are generated, not read."""
+        return []
+
     def _check_index(self, index):
         index = operator.index(index)
         if index < 0:

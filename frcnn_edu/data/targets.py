@@ -14,7 +14,8 @@ log(w_gt / w_anchor), and log(0) = -inf; pytorch/vision #2240). The second is a
 real class given label 0, which the model learns to call background
 (pytorch/vision #1952). Both are stopped here, at data-loading time, with a
 message naming the image, instead of showing up later as a NaN or an empty
-detector.
+detector. So is a label above the model's number of classes (given
+`num_classes`), which would otherwise index past the classifier's outputs.
 """
 
 import warnings
@@ -86,7 +87,7 @@ def _as_difficult(difficult, num_boxes, device, where):
     return difficult
 
 
-def validate_target(target, image_size, index=None, source=None, *, clip=True):
+def validate_target(target, image_size, index=None, source=None, *, clip=True, num_classes=None):
     """Check and clean one target; return a new dict (the input is not modified).
 
     Args:
@@ -96,6 +97,8 @@ def validate_target(target, image_size, index=None, source=None, *, clip=True):
         source: where the target came from (e.g. an annotation file), used in messages.
         clip: clip boxes to [0, W] x [0, H] (boxes partly outside the image are common
             in hand-made annotations).
+        num_classes: C, the number of object classes; labels above it are an error.
+            None: not checked (a dataset does not know the model's C).
 
     Returns:
         dict with "boxes" (M, 4) floating (integers become float32), "labels" (M,) int64,
@@ -104,7 +107,8 @@ def validate_target(target, image_size, index=None, source=None, *, clip=True):
         DegenerateBoxWarning naming the image and the box.
 
     Raises:
-        ValueError on wrong shapes/dtypes, non-finite coordinates, label 0 or negative labels.
+        ValueError on wrong shapes/dtypes, non-finite coordinates, label 0, negative labels
+        or (given num_classes) labels above num_classes.
     """
     where = _where(index, source)
     if not isinstance(target, dict):
@@ -113,6 +117,9 @@ def validate_target(target, image_size, index=None, source=None, *, clip=True):
         if key not in target:
             raise ValueError(f"{where}: target has no {key!r} (keys: {sorted(target)})")
     height, width = _check_image_size(image_size)
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
 
     boxes = _as_boxes(target["boxes"], where)
     num_boxes = boxes.shape[0]
@@ -131,8 +138,11 @@ def validate_target(target, image_size, index=None, source=None, *, clip=True):
     # Every check below reduces to one small tensor read back once (a single host
     # sync, which matters when this runs inside the model's forward on a GPU).
     keep = finite & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    counts = torch.stack(((~finite).sum(), (labels == 0).sum(), (labels < 0).sum(), (~keep).sum()))
-    n_nonfinite, n_zero, n_negative, n_degenerate = counts.tolist()
+    too_big = labels > num_classes if num_classes is not None else torch.zeros_like(labels, dtype=torch.bool)
+    counts = torch.stack(
+        ((~finite).sum(), (labels == 0).sum(), (labels < 0).sum(), too_big.sum(), (~keep).sum())
+    )
+    n_nonfinite, n_zero, n_negative, n_too_big, n_degenerate = counts.tolist()
 
     if n_nonfinite:
         i = int(torch.nonzero(~finite)[0])
@@ -146,6 +156,12 @@ def validate_target(target, image_size, index=None, source=None, *, clip=True):
     if n_negative:
         i = int(torch.nonzero(labels < 0)[0])
         raise ValueError(f"{where}: box {i} has negative label {int(labels[i])}; labels must be 1..C")
+    if n_too_big:
+        i = int(torch.nonzero(too_big)[0])
+        raise ValueError(
+            f"{where}: box {i} has label {int(labels[i])}, but there are only {num_classes} classes; "
+            f"labels must be 1..{num_classes}"
+        )
     if n_degenerate:
         for i in torch.nonzero(~keep).flatten().tolist():
             clipped = f" (clipped to the {height:g}x{width:g} image: {boxes[i].tolist()})" if clip else ""

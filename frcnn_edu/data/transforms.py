@@ -19,21 +19,42 @@ from torchvision.transforms.v2 import functional as F
 
 
 def to_float_image(image):
-    """PIL image or (H, W, 3) uint8 array -> float32 tensor (3, H, W) in [0, 1].
+    """PIL image or (H, W, 3) uint8/uint16 array -> float32 tensor (3, H, W) in [0, 1].
 
     Every dataset in frcnn_edu.data converts images with this one function, so an
     image that goes through a lossless file (PNG) comes back bit-identical.
+    8-bit values are divided by 255, 16-bit ones by 65535 (their real range: PIL's
+    own convert("RGB") would clip them at 255). Grayscale, palette, RGBA (the alpha
+    channel is dropped) and CMYK images become RGB.
     """
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        image = _pil_to_array(image)
     array = np.ascontiguousarray(image)
-    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"image must be (H, W, 3) uint8, got {array.shape} {array.dtype}")
+    if array.dtype not in (np.uint8, np.uint16) or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"image must be (H, W, 3) uint8 or uint16, got {array.shape} {array.dtype}")
     # In numpy rather than torch: single-threaded, so it is not slowed down by
     # torch's intra-op thread pool when called from the main process.
     chw = array.transpose(2, 0, 1).astype(np.float32, order="C")
-    chw /= np.float32(255)
+    chw /= np.float32(np.iinfo(array.dtype).max)  # 255 or 65535
     return torch.from_numpy(chw)
+
+
+def _pil_to_array(image):
+    """PIL image -> (H, W, 3) uint8, or uint16 for 16-bit images (PIL modes "I;16*" and "I")."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        gray = np.asarray(image)  # uint16 (">u2" for big-endian "I;16B"), or int32 for "I"
+        if image.mode == "I":  # how some PIL versions open 16-bit PNGs
+            low, high = (int(gray.min()), int(gray.max())) if gray.size else (0, 0)
+            if low < 0 or high > 65535:
+                raise ValueError(
+                    f"32-bit integer image (PIL mode 'I') has values in [{low}, {high}], "
+                    "outside the 16-bit range 0..65535 this reader scales from"
+                )
+        gray = gray.astype(np.uint16)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "F":  # 32-bit float: no fixed range to scale from
+        raise ValueError("32-bit float images (PIL mode 'F') are not supported: save it as 8- or 16-bit")
+    return np.asarray(image.convert("RGB"))
 
 
 class Compose:

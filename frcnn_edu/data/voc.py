@@ -1,6 +1,6 @@
 """VOCDataset: read a Pascal VOC-style folder (your own data, or ShapesDataset.write_voc's).
 
-    root/ImageSets/Main/<split>.txt    one image id per line
+    root/ImageSets/Main/<split>.txt    one image id per line (spaces allowed)
     root/Annotations/<id>.xml          boxes and class names
     root/JPEGImages/<filename>         the images (any format PIL reads)
 
@@ -16,17 +16,26 @@ lib/datasets/pascal_voc.py keeps them in np.uint16,
 https://github.com/rbgirshick/py-faster-rcnn).
 Boxes up to 1 pixel outside the image are clipped; further out is an error
 naming the file. Every annotation is parsed and checked when the dataset is
-built, so a bad file fails at once, not hours into training.
+built, so a bad file fails at once, not hours into training; a split with no
+images, or with no objects at all, is an error too. `check_voc` (or
+`dataset.check()`) lists every problem at once and also decodes every image.
+
+Images are used as stored: an EXIF Orientation tag is not applied, because
+VOC annotations refer to the stored pixels (<size> is the stored width and
+height). A file with such a tag gets an ExifOrientationWarning (loading.py).
+16-bit images are scaled by 65535, grayscale and RGBA ones made RGB.
 """
 
 import math
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
-from .loading import load_sample
+from .checking import collect, raise_problems
+from .loading import load_sample, read_image
 from .targets import validate_target
 
 BORDER_TOLERANCE = 1.0  # pixels a converted box may stick out of its image before it is an error
@@ -53,35 +62,18 @@ class VOCDataset(Dataset):
         self.split = split
         self.transforms = transforms
         self.keep_difficult = keep_difficult
-        self.ids = _read_split(self.root / "ImageSets" / "Main" / f"{split}.txt")
-        records = [_parse_annotation(self.root, image_id) for image_id in self.ids]
+        read = _read_voc(self.root, split, classes, keep_difficult)
+        raise_problems(read["problems"], f"frcnn_edu.data.check_voc({str(self.root)!r}, {split!r})")
+        self.ids, self.classes = read["ids"], read["classes"]
+        self.images, self.sizes, self.targets = read["images"], read["sizes"], read["targets"]
 
-        names = sorted({obj["name"] for record in records for obj in record["objects"]})
-        self.classes = tuple(names) if classes is None else _check_classes(classes)
-        label_of = {name: i + 1 for i, name in enumerate(self.classes)}  # 0 is background
+    def check(self):
+        """Every problem in this dataset's files, one string per bad file ([] = all good).
 
-        self.images, self.sizes, self.targets = [], [], []
-        for record in records:
-            self.images.append(record["image"])
-            self.sizes.append(record["size"])
-            self.targets.append(self._make_target(record, label_of))
-
-    def _make_target(self, record, label_of):
-        objects = [o for o in record["objects"] if self.keep_difficult or not o["difficult"]]
-        for obj in objects:
-            if obj["name"] not in label_of:
-                raise ValueError(
-                    f"{record['xml']}: unknown class {obj['name']!r}; known classes: {list(self.classes)}"
-                )
-        target = {
-            "boxes": torch.tensor([o["box"] for o in objects], dtype=torch.float32).reshape(-1, 4),
-            "labels": torch.tensor([label_of[o["name"]] for o in objects], dtype=torch.int64),
-            "difficult": torch.tensor([o["difficult"] for o in objects], dtype=torch.bool),
-            "image_id": record["id"],
-        }
-        # Clips the boxes within the 1-pixel tolerance; drops (with a warning) any
-        # that end up with zero size.
-        return validate_target(target, record["size"], source=record["xml"])
+        Re-reads the split file and every annotation, and decodes every image fully
+        (check_voc).
+        """
+        return check_voc(self.root, self.split, self.classes, self.keep_difficult)
 
     def __len__(self):
         return len(self.ids)
@@ -90,11 +82,98 @@ class VOCDataset(Dataset):
         return load_sample(self.images[index], self.sizes[index], self.targets[index], self.transforms)
 
 
-def _read_split(path):
+def check_voc(root, split="trainval", classes=None, keep_difficult=True):
+    """Every problem in a VOC folder, one string per bad file; [] means all good.
+
+    Unlike VOCDataset(...), which stops at the first bad file, this parses every
+    annotation and decodes every image fully (a truncated JPEG is found), collecting
+    all problems. Arguments as for VOCDataset.
+    """
+    root = Path(root)
+    read = _read_voc(root, split, classes, keep_difficult)
+    problems = read["problems"]
+    for path, size in zip(read["images"], read["sizes"]):
+        collect(problems, read_image, path, size)
+    return problems
+
+
+def _read_voc(root, split, classes, keep_difficult):
+    """Read the split file and every annotation, collecting problems instead of stopping.
+
+    Returns a dict: "problems" (list of messages) and the dataset's "ids", "classes",
+    "images", "sizes" and "targets" (of the files that read cleanly).
+    """
+    problems = []
+    split_file = root / "ImageSets" / "Main" / f"{split}.txt"
+    ids = collect(problems, _read_split, split_file, root)
+    records = [] if ids is None else [collect(problems, _parse_annotation, root, i) for i in ids]
+    records = [r for r in records if r is not None]
+
+    names = sorted({obj["name"] for record in records for obj in record["objects"]})
+    classes = tuple(names) if classes is None else _check_classes(classes)
+    label_of = {name: i + 1 for i, name in enumerate(classes)}  # 0 is background
+
+    read = {"problems": problems, "ids": [], "classes": classes, "images": [], "sizes": [], "targets": []}
+    for record in records:
+        target = collect(problems, _make_target, record, label_of, classes, keep_difficult)
+        if target is not None:
+            read["ids"].append(record["id"])
+            read["images"].append(record["image"])
+            read["sizes"].append(record["size"])
+            read["targets"].append(target)
+
+    # Empty data trains nothing and evaluates to nothing: an error, not a silent no-op.
+    if ids is not None and not ids:
+        problems.append(f"{split_file}: split {split!r} lists no images")
+    elif not problems and not any(len(t["boxes"]) for t in read["targets"]):
+        dropped = "" if keep_difficult else " (difficult objects dropped: keep_difficult=False)"
+        problems.append(
+            f"{root} split {split!r}: none of its {len(read['targets'])} images has an object{dropped}; "
+            "there is nothing to learn or evaluate"
+        )
+    return read
+
+
+def _make_target(record, label_of, classes, keep_difficult):
+    objects = [o for o in record["objects"] if keep_difficult or not o["difficult"]]
+    for obj in objects:
+        if obj["name"] not in label_of:
+            raise ValueError(
+                f"{record['xml']}: unknown class {obj['name']!r}; known classes: {list(classes)}"
+            )
+    target = {
+        "boxes": torch.tensor([o["box"] for o in objects], dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.tensor([label_of[o["name"]] for o in objects], dtype=torch.int64),
+        "difficult": torch.tensor([o["difficult"] for o in objects], dtype=torch.bool),
+        "image_id": record["id"],
+    }
+    # Clips the boxes within the 1-pixel tolerance; drops (with a warning) any
+    # that end up with zero size.
+    return validate_target(target, record["size"], source=record["xml"])
+
+
+FLAGGED_LINE = re.compile(r"(\S+)\s+(-1|0|1)")  # "<id> <flag>": the per-class lists' lines
+
+
+def _read_split(path, root):
+    """The image ids in ImageSets/Main/<split>.txt, one per non-empty line.
+
+    A line is one id, spaces included ("my photo 1"). Only a line of the per-class
+    lists' form "<id> <-1|0|1>" is read as its first word, unless the whole line is
+    itself an id with an annotation file.
+    """
     if not path.is_file():
         raise ValueError(f"split file not found: {path}")
-    # Take the first token of each line: per-class lists hold "<id> <flag>".
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    ids = []
+    for line in path.read_text(encoding="utf-8-sig").splitlines():  # -sig: a BOM is not part of an id
+        line = line.strip()
+        if not line:
+            continue
+        flagged = FLAGGED_LINE.fullmatch(line)
+        if flagged and not (root / "Annotations" / f"{line}.xml").is_file():
+            line = flagged.group(1)
+        ids.append(line)
+    return ids
 
 
 def _check_classes(classes):

@@ -7,8 +7,8 @@ on a wrong answer; _run turns that into the printed message and True / False.
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch

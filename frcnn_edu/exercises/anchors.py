@@ -5,13 +5,12 @@ Planted mistakes: width and height swapped, sizes in the outer loop, boxes not c
 (0, 0), an area that is not s^2."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from .. import anchors as anchor_ops
-from ._checking import (Case, _as_tensor, _call, _check_shape, _diagnose, _explain, _first_mismatch,
-                        _fmt, _run)
+from ._checking import Case, _as_tensor, _call, _check_shape, _diagnose, _explain, _first_mismatch, _fmt, _run
 
 
 def _anchors_swapped(sizes, ratios):

@@ -5,15 +5,26 @@ Planted mistakes: no highest-IoU rule; cross-boundary anchors not ignored."""
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from .. import anchors as anchor_ops
 from .. import boxes as box_ops
 from .. import rpn
-from ._checking import (Case, _as_tensor, _boxes, _call, _check_shape, _diagnose, _explain,
-                        _first_mismatch, _fmt, _random_boxes, _run)
+from ._checking import (
+    Case,
+    _as_tensor,
+    _boxes,
+    _call,
+    _check_shape,
+    _diagnose,
+    _explain,
+    _first_mismatch,
+    _fmt,
+    _random_boxes,
+    _run,
+)
 
 
 def _reference_labels(anchors, gt_boxes, image_size, pos_iou=0.7, neg_iou=0.3):

@@ -5,13 +5,24 @@ Planted mistakes: no log, corners instead of centres, offsets not divided by the
 size, boxes and anchors swapped."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from .. import boxes as box_ops
-from ._checking import (Case, _as_tensor, _boxes, _call, _check_shape, _diagnose, _explain,
-                        _first_mismatch, _fmt, _random_boxes, _run)
+from ._checking import (
+    Case,
+    _as_tensor,
+    _boxes,
+    _call,
+    _check_shape,
+    _diagnose,
+    _explain,
+    _first_mismatch,
+    _fmt,
+    _random_boxes,
+    _run,
+)
 
 
 def _centre_size(b):

@@ -4,13 +4,24 @@ Planted mistakes: the +1-pixel width, no clamp at 0, dividing by area1 + area2, 
 against 0 / 0."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from .. import boxes as box_ops
-from ._checking import (Case, _as_tensor, _boxes, _call, _check_shape, _diagnose, _explain,
-                        _first_mismatch, _fmt, _random_boxes, _run)
+from ._checking import (
+    Case,
+    _as_tensor,
+    _boxes,
+    _call,
+    _check_shape,
+    _diagnose,
+    _explain,
+    _first_mismatch,
+    _fmt,
+    _random_boxes,
+    _run,
+)
 
 
 def _iou_plus_one(boxes1, boxes2):

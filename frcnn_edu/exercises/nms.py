@@ -4,13 +4,12 @@ fe.boxes.nms.
 Planted mistakes: suppressing at IoU >= threshold; suppressed boxes that still suppress."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from .. import boxes as box_ops
-from ._checking import (Case, _as_tensor, _boxes, _call, _diagnose, _explain, _Failure, _fmt,
-                        _random_boxes, _run)
+from ._checking import Case, _as_tensor, _boxes, _call, _diagnose, _explain, _Failure, _fmt, _random_boxes, _run
 
 
 def _nms_greater_equal(boxes, scores, iou_threshold):

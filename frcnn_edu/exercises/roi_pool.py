@@ -6,13 +6,12 @@ left out."""
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from .. import roi as roi_ops
-from ._checking import (Case, _as_tensor, _call, _check_shape, _diagnose, _explain, _first_mismatch,
-                        _fmt, _run)
+from ._checking import Case, _as_tensor, _call, _check_shape, _diagnose, _explain, _first_mismatch, _fmt, _run
 
 
 def _edges_agree(length: int, pooled: int) -> bool:

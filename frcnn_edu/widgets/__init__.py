@@ -28,15 +28,30 @@ One module per explorer, each with its plain computations first, then the explor
 one-line opener: anchors, assignment, proposals, roi_pool. _base holds what they share (the
 default pictures, the sliders, and the controls -> compute -> draw -> PNG plumbing).
 """
-from ._base import (GROUND_TRUTH, IGNORED, NEGATIVE, POSITIVE, resize_shorter_side, sample_photo,
-                    shapes_sample)
-from .anchors import (RATIO_OPTIONS, RATIO_STYLES, AnchorExplorer, anchor_explorer, anchors_at,
-                      feature_map_size, receptive_field_box, rpn_receptive_field, window_box)
+from ._base import GROUND_TRUTH, IGNORED, NEGATIVE, POSITIVE, resize_shorter_side, sample_photo, shapes_sample
+from .anchors import (
+    RATIO_OPTIONS,
+    RATIO_STYLES,
+    AnchorExplorer,
+    anchor_explorer,
+    anchors_at,
+    feature_map_size,
+    receptive_field_box,
+    rpn_receptive_field,
+    window_box,
+)
 from .assignment import AssignmentExplorer, assignment_explorer, label_anchors
-from .proposals import (DEFAULT_CHECKPOINT, REPO, ProposalExplorer, jittered_proposals,
-                        kept_proposals, proposal_explorer, proposals_before_nms, recall_of)
-from .roi_pool import (RoIPoolExplorer, brightness_features, pool_one_roi, pooling_bins,
-                       roi_pool_explorer)
+from .proposals import (
+    DEFAULT_CHECKPOINT,
+    REPO,
+    ProposalExplorer,
+    jittered_proposals,
+    kept_proposals,
+    proposal_explorer,
+    proposals_before_nms,
+    recall_of,
+)
+from .roi_pool import RoIPoolExplorer, brightness_features, pool_one_roi, pooling_bins, roi_pool_explorer
 
 __all__ = [
     "anchor_explorer", "assignment_explorer", "proposal_explorer", "roi_pool_explorer",

@@ -45,7 +45,7 @@ def window_box(position, stride: int = 16, window: int = 3) -> torch.Tensor:
                          (y + r + 1) * stride], dtype=torch.float32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rpn_receptive_field(backbone: str = "zf") -> tuple[int, int]:
     """(size, stride) of one RPN window: the backbone's layers plus the 3x3 conv ([P] Sec. 3.1:
     171 px for ZF, 228 px for VGG-16). Built on the meta device: only the layer shapes matter."""

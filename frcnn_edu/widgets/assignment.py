@@ -9,8 +9,7 @@ from .. import viz
 from ..anchors import AnchorGenerator
 from ..boxes import box_iou
 from ..rpn import assign_anchor_targets
-from ._base import (GROUND_TRUTH, IGNORED, NEGATIVE, POSITIVE, _check_image, _Explorer, _slider,
-                    shapes_sample)
+from ._base import GROUND_TRUTH, IGNORED, NEGATIVE, POSITIVE, _check_image, _Explorer, _slider, shapes_sample
 from .anchors import feature_map_size
 
 
