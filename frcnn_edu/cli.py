@@ -90,7 +90,18 @@ def cmd_train(args) -> int:
             raise UsageError(f"{len(problems)} bad file(s) in {args.dataset} (listed above); fix or remove them")
         print("all images and annotations read")
     torch.manual_seed(args.seed)
-    model = FasterRCNN(len(dataset.classes), config=config, class_names=dataset.classes)
+    # ImageNet weights are only fetched for a new run: a resumed one reads its own from --out.
+    try:
+        model = FasterRCNN(len(dataset.classes), config=config, class_names=dataset.classes,
+                           pretrained=args.pretrained and not args.resume)
+    except RuntimeError as error:      # ImageNet weights could not be fetched (offline)
+        raise UsageError(str(error)) from None
+    if args.pretrained and args.resume:
+        model.pretrained = True
+        if config.backbone == "vgg16" and config.freeze_early_vgg:
+            from .backbones import freeze_early_layers
+
+            freeze_early_layers(model.backbone)     # conv1-conv2 stay fixed ([P] Sec. 3.1.3)
     if args.overwrite and distributed.rank() == 0:
         for path in (out, log):
             path.unlink(missing_ok=True)
@@ -282,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint path (.pt); losses go to the same name .jsonl")
     p.add_argument("--schedule", default="joint", choices=["joint", "alternating"],
                    help="approximate joint training or the paper's 4-step alternating training")
+    p.add_argument("--pretrained", action="store_true",
+                   help="start VGG-16 from torchvision's ImageNet weights (downloaded once into the torch "
+                        "hub cache; the paper's setting). Without it the backbone starts from scratch")
     p.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is --out")
     p.add_argument("--overwrite", action="store_true",
                    help="start a new run at --out, replacing the checkpoint and loss log there")

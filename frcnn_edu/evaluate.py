@@ -154,7 +154,8 @@ def _match_dataset(detections: Sequence[dict], targets: Sequence[dict], iou_thre
                          f"{len(detections)} detections and {len(targets)} targets")
     _check_image_dicts(detections, "detections", ("scores",), num_classes)
     _check_image_dicts(targets, "targets", (), num_classes)
-    parts = {"scores": [], "labels": [], "is_tp": [], "is_ignored": [], "positive_labels": []}
+    parts: dict[str, list[torch.Tensor]] = {"scores": [], "labels": [], "is_tp": [], "is_ignored": [],
+                                            "positive_labels": []}
     for det, tgt in zip(detections, targets):
         det = {k: v.detach().cpu() for k, v in det.items() if k in ("boxes", "labels", "scores")}
         gt_boxes, gt_labels = tgt["boxes"].detach().cpu(), tgt["labels"].detach().cpu()
@@ -300,7 +301,7 @@ def proposal_recall(proposals: Sequence[torch.Tensor], gt_boxes: Sequence[torch.
 
 def recall_vs_iou(proposals: Sequence[torch.Tensor], gt_boxes: Sequence[torch.Tensor],
                   num_proposals: int = 300,
-                  iou_thresholds: Sequence[float] = np.arange(0.5, 1.0001, 0.05)
+                  iou_thresholds: Sequence[float] = tuple(np.arange(0.5, 1.0001, 0.05).tolist())
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Recall of the top `num_proposals` proposals at each IoU threshold: [P] Fig. 4's curve.
 

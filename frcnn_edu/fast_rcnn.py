@@ -84,8 +84,9 @@ class FastRCNNHead(nn.Module):
         super().__init__()
         # The model builds its RoIs itself, so the pooling layer skips their (syncing) checks.
         self.roi_pool = RoIPool(roi_output_size, spatial_scale, impl=roi_pool_impl, validate=False)
-        self.fc6 = nn.Linear(in_channels * roi_output_size ** 2, representation_size)
-        self.fc7 = nn.Linear(representation_size, representation_size)
+        # nn.Linear, or after compress() two thinner layers in an nn.Sequential
+        self.fc6: nn.Module = nn.Linear(in_channels * roi_output_size ** 2, representation_size)
+        self.fc7: nn.Module = nn.Linear(representation_size, representation_size)
         self.dropout = nn.Dropout(dropout)
         self.cls_score = nn.Linear(representation_size, num_classes + 1)
         self.bbox_pred = nn.Linear(representation_size, 4 * (num_classes + 1))
@@ -114,7 +115,7 @@ class FastRCNNHead(nn.Module):
         return self
 
 
-def truncated_svd(layer: nn.Linear, rank: int) -> nn.Sequential:
+def truncated_svd(layer: nn.Module, rank: int) -> nn.Sequential:
     """A fully connected layer y = W x + b, W (u, v), as two thinner layers ([F] Sec. 3.1).
 
     W ~ U_t S_t V_t^T keeps the t largest singular values: the first layer multiplies by

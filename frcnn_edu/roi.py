@@ -162,11 +162,7 @@ def roi_pool(features: torch.Tensor, rois: torch.Tensor, output_size: int | Sequ
     corners round half away from zero, ends inclusive; bins run from floor(start) to ceil(end);
     a bin entirely off the feature map gives 0; ties keep the first maximum in row-major order.
     """
-    size = check_output_size(output_size)
-    check_roi_impl(impl)
-    features = float32_under_mixed_precision(features, rois)
-    if validate:
-        check_rois(features, rois)
+    features, size = prepare_roi_inputs(features, rois, output_size, impl, validate)
     if impl == "fast":
         # torchvision's kernel (on the CPU with the RoIs split over the threads).
         return roi_pool_threaded(features, rois, size, spatial_scale)
@@ -247,11 +243,7 @@ def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: int | Seq
     impl: "fast" (torchvision.ops.roi_align) or "reference" (plain PyTorch; agrees to about 1e-6
     in float32: the sums are taken in a different order).
     """
-    size = check_output_size(output_size)
-    check_roi_impl(impl)
-    features = float32_under_mixed_precision(features, rois)
-    if validate:
-        check_rois(features, rois)
+    features, size = prepare_roi_inputs(features, rois, output_size, impl, validate)
     if impl == "fast":
         return torchvision.ops.roi_align(features, rois, size, spatial_scale,
                                          sampling_ratio=sampling_ratio, aligned=aligned)
@@ -298,10 +290,17 @@ def boxes_to_rois(boxes: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([index, torch.cat(list(boxes))], dim=1)
 
 
-def float32_under_mixed_precision(features: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-    """Under torch.autocast the features may be bfloat16 / float16 while the RoIs stay float32
-    (bfloat16 cannot hold a 1000-px coordinate to better than 4 px): pool in float32 then."""
-    half = (torch.float16, torch.bfloat16)
-    if features.dtype in half and rois.dtype == torch.float32:
-        return features.float()
-    return features
+def prepare_roi_inputs(features: torch.Tensor, rois: torch.Tensor, output_size, impl: str,
+                       validate: bool) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The common door of roi_pool and roi_align: (features, (h, w)) after the checks.
+
+    Under torch.autocast the features may be bfloat16 / float16 while the RoIs stay float32
+    (bfloat16 cannot hold a 1000-px coordinate to better than 4 px): pool in float32 then.
+    """
+    size = check_output_size(output_size)
+    check_roi_impl(impl)
+    if features.dtype in (torch.float16, torch.bfloat16) and rois.dtype == torch.float32:
+        features = features.float()
+    if validate:
+        check_rois(features, rois)
+    return features, size

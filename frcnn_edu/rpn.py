@@ -57,7 +57,8 @@ class RPNHead(nn.Module):
         self.reg = nn.Conv2d(mid_channels, num_anchors * 4, kernel_size=1)
         for layer in (self.conv, self.cls, self.reg):
             nn.init.normal_(layer.weight, std=init_std)
-            nn.init.zeros_(layer.bias)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         window = F.relu(self.conv(features))
@@ -192,6 +193,8 @@ def rpn_loss(objectness: torch.Tensor, deltas: torch.Tensor, labels: torch.Tenso
             objectness[..., 0][sampled], labels[sampled].to(objectness.dtype), reduction="sum")
     reg_terms = F.smooth_l1_loss(deltas[positive], regression_targets[positive],
                                  beta=beta, reduction="sum")
+    n_cls: int | torch.Tensor
+    n_reg: int | torch.Tensor
     if normalization == "paper":
         n_cls = batch_size_per_image * num_images
         n_reg = num_locations * num_images
@@ -296,7 +299,8 @@ class RegionProposalNetwork(nn.Module):
         scores = flatten_head_output(scores_map, self.head.scores_per_anchor).float()   # (B, A, 2|1)
         deltas = flatten_head_output(deltas_map, 4).float()                              # (B, A, 4)
 
-        proposals, proposal_scores = [], []
+        proposals: list[torch.Tensor] = []
+        proposal_scores: list[torch.Tensor] = []
         if return_proposals:   # training the RPN alone needs only the losses
             if pre_nms_top_n is None:
                 pre_nms_top_n = c.rpn_pre_nms_top_n_train if self.training else c.rpn_pre_nms_top_n_test

@@ -68,7 +68,8 @@ class TrainingSession:
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.checkpoint_every, self.log_every, self.time_limit = checkpoint_every, log_every, time_limit
         self.stage_iters = [iters // num_stages + (1 if i < iters % num_stages else 0) for i in range(num_stages)]
-        self.stage, self.iteration, self.history = 0, 0, []
+        self.stage, self.iteration = 0, 0
+        self.history: list[dict] = []
         self.step1_network: dict | None = None
         self.optimizer_state: dict | None = None
         self.generator = torch.Generator(device=device).manual_seed(seed + 1)
@@ -173,10 +174,9 @@ class TrainingSession:
     def flush_record(self, stage_name: str, iteration: int) -> None:
         """Write the averaged losses of the iterations since the last record (if any)."""
         if self._count:
-            record = {"stage": stage_name, "iter": iteration + 1, "lr": self._lr,
-                      **{k: float(v) / self._count for k, v in self._sums.items()},
-                      "time": round(time.perf_counter() - self.started, 2)}
-            record["loss"] = sum(record[k] for k in self._sums)
+            means = {k: float(v) / self._count for k, v in self._sums.items()}
+            record: dict = {"stage": stage_name, "iter": iteration + 1, "lr": self._lr, **means,
+                            "time": round(time.perf_counter() - self.started, 2), "loss": sum(means.values())}
             if not math.isfinite(record["loss"]):
                 raise FloatingPointError(
                     f"training diverged at {stage_name} iteration {iteration + 1}: losses {record}; "
@@ -200,7 +200,7 @@ class TrainingSession:
         if self.checkpoint is not None and (self.iteration % self.checkpoint_every == 0 or out_of_time or stop):
             self._check_finite(stage_name)
             self.save(optimizer)
-        if stop:
+        if self.stop_signal is not None:
             raise TrainingInterrupted(self.stop_signal, self.checkpoint, stage_name, self.iteration,
                                       self.stage_iters[stage])
         if out_of_time:

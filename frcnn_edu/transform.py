@@ -44,6 +44,9 @@ class ImageTransform(nn.Module):
     num_classes: C; given, a target label above C is an error naming the image (check_targets).
     """
 
+    image_mean: torch.Tensor   # (3, 1, 1) buffers: they follow the model to its device
+    image_std: torch.Tensor
+
     def __init__(self, config: FasterRCNNConfig, num_classes: int | None = None):
         super().__init__()
         self.config = config

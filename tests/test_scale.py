@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from _models import make_model  # tests/_models.py (pytest puts tests/ on sys.path)
 
-from frcnn_edu import FasterRCNN, get_preset, load_model
+from frcnn_edu import load_model
 from frcnn_edu.checkpoints import read_checkpoint
 from frcnn_edu.data import ShapesDataset
 from frcnn_edu.data.loader import TrainingBatches
@@ -18,17 +19,8 @@ from frcnn_edu.samples import SHAPES_HELD_OUT, SHIPPED_CHECKPOINT
 from frcnn_edu.train import train
 
 REPO = Path(__file__).resolve().parents[1]
-CFG = get_preset("shapes_tiny").replace(
-    min_size=64, max_size=64, rpn_mid_channels=32, representation_size=64,
-    rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=100,
-    rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=50, roi_batch_size=32)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def make_model(seed=0):
-    torch.manual_seed(seed)
-    return FasterRCNN(5, config=CFG)
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +147,9 @@ import json, os, sys, torch, torch.distributed as dist
 sys.path.insert(0, {repo!r})
 from frcnn_edu import distributed
 from frcnn_edu.data.loader import TrainingBatches
-from tests.test_scale import CFG, make_model, ShapesDataset
+sys.path.insert(0, {tests!r})
+from _models import make_model
+from frcnn_edu.data import ShapesDataset
 torch.set_num_threads(1)
 distributed.init_from_env()
 dataset = ShapesDataset(num_images=12, image_size=(64, 64), min_object_size=12, max_object_size=40, seed=3)
@@ -186,7 +180,7 @@ def test_two_ranks_average_the_gradients_of_their_halves(tmp_path):
     loss computed on its share of the global batch (same sampling generator state on each)."""
     out = tmp_path / "grads.json"
     script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(repo=str(REPO), out=str(out)))
+    script.write_text(WORKER.format(repo=str(REPO), tests=str(REPO / "tests"), out=str(out)))
     result = _torchrun([str(script)], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     ddp_grads = json.loads(out.read_text())

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _models import make_model  # tests/_models.py (pytest puts tests/ on sys.path)
 
 from frcnn_edu import FasterRCNN, get_preset, load_model, save_checkpoint
 from frcnn_edu.checkpoints import CheckpointLock, read_checkpoint
@@ -23,17 +24,8 @@ from frcnn_edu.session import TrainingInterrupted, TrainingSession
 from frcnn_edu.train import train
 
 REPO = Path(__file__).resolve().parents[1]
-CFG = get_preset("shapes_tiny").replace(
-    min_size=64, max_size=64, rpn_mid_channels=32, representation_size=64,
-    rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=100,
-    rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=50, roi_batch_size=32)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def make_model(num_classes=5, seed=0):
-    torch.manual_seed(seed)
-    return FasterRCNN(num_classes, config=CFG)
 
 
 @pytest.fixture(scope="module")
@@ -309,3 +301,19 @@ def test_cli_sigint_then_resume_then_sigterm(tmp_path):
     assert saved["iteration"] > stopped_at
     logged = [int(line.split('"iter": ')[1].split(",")[0]) for line in log.read_text().splitlines()]
     assert logged == sorted(set(logged)) and logged[-1] == saved["iteration"]   # each iteration once
+
+
+def test_cli_check_data_lists_every_bad_file_before_training(tmp_path, capsys):
+    root = tmp_path / "VOC"
+    ShapesDataset(num_images=4, image_size=(64, 64), min_object_size=12, max_object_size=40,
+                  seed=2).write_voc(root, image_format="jpg")
+    jpegs = sorted((root / "JPEGImages").glob("*.jpg"))
+    for jpeg in jpegs[:2]:                                   # two truncated JPEGs
+        jpeg.write_bytes(jpeg.read_bytes()[: len(jpeg.read_bytes()) // 2])
+    out = tmp_path / "run.pt"
+    code = main(["train", "--dataset", f"voc:{root}", "--iters", "1", "--out", str(out), "--check-data",
+                 "--quiet", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and "2 bad file(s)" in err
+    assert all(jpeg.name in err for jpeg in jpegs[:2]) and jpegs[2].name not in err
+    assert not out.exists()
