@@ -6,7 +6,7 @@ output. The detector's fc layers are counted for `num_rois` RoIs. Pooling, ReLU,
 rest are left out: they are memory-bound and small, and the floor is about arithmetic.
 
 floor = GFLOP / (the machine's fp32 matmul GFLOP/s, measured in the same run): no
-implementation of the same network can beat it (DESIGN.md "Performance: the floor").
+implementation of the same network can beat it.
 """
 from __future__ import annotations
 

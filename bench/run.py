@@ -231,7 +231,7 @@ class Bench:
             f"floor is an estimate, not a hard bound.)\n")
         self.add(table(["configuration", "feature map", "backbone GFLOP", "RPN head GFLOP",
                         f"fc6/fc7/outputs on {nominal['num_rois']} RoIs GFLOP", "total GFLOP", "floor (ms)"], rows))
-        self.add(f"\nDESIGN.md quotes about 449 GFLOP (366 + 11 + 72); counted here from the layer "
+        self.add(f"\nA hand estimate gives about 449 GFLOP (366 + 11 + 72); counted here from the layer "
                  f"shapes (2 FLOPs per multiply-add, {self.s.num_classes_vgg + 1} classes): "
                  f"{nominal['total']:.1f} GFLOP at {h}x{w}, {actual['total']:.1f} on the padded input. "
                  f"The floor uses the unpadded count.\n")
@@ -289,7 +289,7 @@ class Bench:
                                   + head.fc7.in_features * head.fc7.out_features) / 1e9
         svd_gflop = 2 * rois * sum(fc.in_features * fc.out_features for fc in (*svd6, *svd7)) / 1e9
         self.results["svd"] = {k: v["median"] for k, v in result.items()}
-        self.add(f"What-if, the paper-faithful lever of DESIGN.md: fc6 and fc7 on {rois} RoIs, dense vs "
+        self.add(f"What-if, a paper-faithful speed lever: fc6 and fc7 on {rois} RoIs, dense vs "
                  f"truncated SVD (Fast R-CNN Sec. 3.1: top {r6} singular values of fc6, top {r7} of fc7; "
                  f"random factors, timing only — the accuracy cost has to be measured on a trained model):")
         self.add(table(["variant", "GFLOP", "median (ms)", "min (ms)"],
@@ -567,7 +567,7 @@ class Bench:
         if "vgg" in r.get("inference", {}) and "floor_s" in r:
             floor = r["floor_s"]["vgg"]
             v = r["inference"]["vgg"]["frcnn_edu"] / floor
-            rows.append(["VGG-16 inference / FLOP floor (DESIGN.md aim)", "<= 1.15", f"{v:.2f}",
+            rows.append(["VGG-16 inference / FLOP floor (project aim)", "<= 1.15", f"{v:.2f}",
                          goal_status(v, 1.15)])
         return table(["goal", "target", "measured", "status"], rows)
 

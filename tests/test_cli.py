@@ -4,9 +4,10 @@ import json
 import pytest
 import torch
 
-from frcnn_edu import FasterRCNN, get_preset, save_checkpoint
+from frcnn_edu import FasterRCNN, get_preset, load_model, save_checkpoint
 from frcnn_edu.cli import build_parser, main
 from frcnn_edu.data import ShapesDataset
+from frcnn_edu.data.transforms import to_float_image
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,15 @@ def test_detect_writes_pictures_and_json(tmp_path, checkpoint):
                  "--score-thresh", "0.0", "--device", "cpu"]) == 0
     assert (out / "shape_detections.png").stat().st_size > 0
     report = json.loads((out / "detections.json").read_text())
-    assert str(image) in report
+    # --score-thresh 0: every detection of the model on that image, in its order
+    model = load_model(checkpoint, device="cpu")
+    with torch.no_grad():
+        expected = model([to_float_image(Image.open(image))])[0]
+    entries = report[str(image)]
+    assert len(entries) == len(expected["scores"]) > 0
+    assert [e["label"] for e in entries] == [model.class_names[i - 1] for i in expected["labels"].tolist()]
+    assert [e["score"] for e in entries] == pytest.approx(expected["scores"].tolist(), abs=1e-4)
+    torch.testing.assert_close(torch.tensor([e["box"] for e in entries]), expected["boxes"], atol=0.01, rtol=0)
 
 
 @pytest.mark.slow

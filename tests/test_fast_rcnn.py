@@ -101,7 +101,7 @@ def test_no_gt_boxes_gives_only_background():
 
 def test_regression_targets_use_one_box_coder_both_ways():
     """Targets = encode(matched gt, roi, (10, 10, 5, 5)); decode with the same weights recovers
-    the gt box (PITFALLS: py-faster-rcnn #365, normalised in training but not at test time)."""
+    the gt box (py-faster-rcnn #365, docs/references.md: normalised in training but not at test time)."""
     gt = T([[20, 20, 80, 80], [100, 30, 140, 110]])
     labels = torch.tensor([1, 4])
     jitter = torch.randn(40, 4, generator=gen(2)) * 4

@@ -1,6 +1,6 @@
 """Every formula the notebooks' prose states, checked against the package's code.
 
-Textbooks get formulas wrong for years (PITFALLS: d2l-en PR #442, the anchor width formula); here
+Textbooks get formulas wrong for years (d2l-en PR #442, the anchor width formula; docs/references.md); here
 each formula a notebook states is a test. One test per formula; its docstring quotes the prose and
 names the notebook(s). To add one: copy a test, quote the sentence, compute the claim with the
 package (never with a re-implementation of what the package does), assert.
@@ -279,14 +279,21 @@ def test_anchor_order_ratios_outer_sizes_inner():
         torch.testing.assert_close(anchors[a], A.generate_base_anchors((s,), (r,))[0])
 
 
-def test_legacy_anchor_table():
-    """04_anchors: the legacy py-faster-rcnn table (base_size 16, ratios 0.5, 1, 2, scales 8, 16,
-    32), first row [-84, -40, 99, 55]."""
-    expected = torch.tensor([
-        [-84.0, -40.0, 99.0, 55.0], [-176.0, -88.0, 191.0, 103.0], [-360.0, -184.0, 375.0, 199.0],
-        [-56.0, -56.0, 71.0, 71.0], [-120.0, -120.0, 135.0, 135.0], [-248.0, -248.0, 263.0, 263.0],
-        [-36.0, -80.0, 51.0, 95.0], [-80.0, -168.0, 95.0, 183.0], [-168.0, -344.0, 183.0, 359.0]])
-    assert torch.equal(A.generate_base_anchors_legacy(), expected)
+def test_legacy_anchor_areas_and_centre():
+    """04_anchors: "The rounding moves the legacy areas up to 8% away from the nominal ones
+    (184 x 96 = 17,664 instead of 128² = 16,384), and their centre 7.5 means 'pixel 7.5' in the
+    inclusive convention, i.e. 8.0 in continuous coordinates" — where frcnn_edu centres the
+    anchors of cell (0, 0). (The legacy table itself is pinned in tests/test_anchors.py.)"""
+    legacy = A.generate_base_anchors_legacy()
+    areas = (legacy[:, 2] - legacy[:, 0] + 1) * (legacy[:, 3] - legacy[:, 1] + 1)   # inclusive pixels
+    nominal = torch.tensor([float(s * s) for _ in PAPER_RATIOS for s in PAPER_SIZES])
+    deviation = (areas / nominal - 1).abs()
+    assert areas[0].item() == 184 * 96 == 17_664 and nominal[0].item() == 128 ** 2 == 16_384
+    assert deviation.max().item() == pytest.approx(17_664 / 16_384 - 1) and deviation.max() < 0.08
+    centres = (legacy[:, :2] + legacy[:, 2:]) / 2
+    assert torch.equal(centres, torch.full((9, 2), 7.5))
+    cell = A.AnchorGenerator(PAPER_SIZES, PAPER_RATIOS, 16)((1, 1))
+    assert torch.equal((cell[:, :2] + cell[:, 2:]) / 2, centres + 0.5)        # 8.0: cell (0, 0)
 
 
 def test_legacy_anchor_rounding():

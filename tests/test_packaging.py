@@ -1,4 +1,5 @@
 """The two install routes (pip's pyproject.toml and conda's environment.yml) must agree."""
+import importlib
 import re
 import tomllib
 from pathlib import Path
@@ -63,6 +64,11 @@ def test_environment_yml_installs_the_package_editable_with_dev_extra():
 def test_console_script_declared():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["frcnn-edu"] == "frcnn_edu.cli:main"
+    # ... and the entry point resolves to the CLI's main function
+    from frcnn_edu.cli import main
+
+    module, _, attribute = project["scripts"]["frcnn-edu"].partition(":")
+    assert getattr(importlib.import_module(module), attribute) is main
 
 
 def test_version_has_one_source():

@@ -1,7 +1,7 @@
 """Tests for frcnn_edu.rpn: the head, anchor targets (Sec. 3.1.2), eq. 1, the proposal layer.
 
 Most cases are built by hand so that every anchor's label is known in advance. The anchor-order
-test (PITFALLS: jwyang/fpn.pytorch #6) plants one high score and checks that exactly that
+test (jwyang/fpn.pytorch #6, docs/references.md) plants one high score and checks that exactly that
 anchor's box comes out on top.
 """
 
@@ -391,7 +391,7 @@ def test_rpn_loss_unknown_normalization():
 
 
 # ----------------------------------------------------------------------------------------------
-# The proposal layer and THE ORDER TEST (PITFALLS: jwyang/fpn.pytorch #6)
+# The proposal layer and THE ORDER TEST (jwyang/fpn.pytorch #6, docs/references.md)
 # ----------------------------------------------------------------------------------------------
 class StubHead(nn.Module):
     """Stands in for RPNHead: returns fixed raw maps (N, 2k|k, H, W) and (N, 4k, H, W)."""
@@ -678,14 +678,22 @@ def test_rpn_empty_targets():
 
 
 def test_rpn_generator_makes_sampling_reproducible():
+    """rpn.generator, not the global RNG, draws the 256-anchor mini-batch. The map is large
+    enough (3,360 anchors, ~2,000 negatives inside) that sampling really happens."""
     rpn = _small_rpn()
-    anchors = rpn.anchor_generator((H, W))
+    anchors = rpn.anchor_generator((20, 28))
     targets = [{"boxes": T([[10, 10, 40, 30]])}]
-    rpn.generator = torch.Generator().manual_seed(5)
-    a, _ = rpn.targets(anchors, targets, [(80, 112)])
-    rpn.generator = torch.Generator().manual_seed(5)
-    b, _ = rpn.targets(anchors, targets, [(80, 112)])
-    assert torch.equal(a, b)
+    size = [(20 * STRIDE, 28 * STRIDE)]
+
+    def labels(seed, global_seed):
+        torch.manual_seed(global_seed)
+        rpn.generator = torch.Generator().manual_seed(seed)
+        return rpn.targets(anchors, targets, size)[0]
+
+    a, b, c = labels(5, global_seed=0), labels(5, global_seed=1), labels(6, global_seed=0)
+    assert (a >= 0).sum() == 256 and (a == 1).sum() >= 1
+    assert torch.equal(a, b)                       # same generator seed, other global seed
+    assert not torch.equal(a, c)                   # another generator seed: another mini-batch
 
 
 def test_paper_anchor_counts_through_the_rpn():

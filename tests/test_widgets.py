@@ -71,23 +71,33 @@ def test_kept_proposals_is_nms_then_top_n():
     xy = torch.rand(50, 2, generator=g) * 100
     boxes = torch.cat([xy, xy + 10 + torch.rand(50, 2, generator=g) * 40], dim=1)
     scores = torch.rand(50, generator=g)
-    full = fe.boxes.nms(boxes, scores, 0.5)
-    assert torch.equal(W.kept_proposals(boxes, scores, 0.5, 1000), full)
-    assert torch.equal(W.kept_proposals(boxes, scores, 0.5, 5), full[:5])
+    kept = W.kept_proposals(boxes, scores, 0.5, 1000)
+    assert 5 < len(kept) < 50
+    assert bool((scores[kept][:-1] >= scores[kept][1:]).all())              # best first
+    iou = fe.boxes.box_iou(boxes, boxes)
+    assert iou[kept][:, kept].triu(diagonal=1).max() <= 0.5                 # no two kept overlap > 0.5
+    for i in sorted(set(range(50)) - set(kept.tolist())):                   # each dropped box: covered
+        assert ((iou[i, kept] > 0.5) & (scores[kept] >= scores[i])).any(), i  # by a better kept one
+    assert torch.equal(W.kept_proposals(boxes, scores, 0.5, 5), kept[:5])   # NMS first, then top 5
     assert len(W.kept_proposals(boxes, scores, 1.0, 1000)) == 50              # IoU > 1: none suppressed
 
 
 def test_pooling_bins_and_pool_one_roi():
     features = torch.randn(2, 8, 8)
     bins = W.pooling_bins((16, 16, 79, 63), 3, 1 / 16, (8, 8))
-    assert (bins["h_starts"], bins["h_ends"], bins["w_starts"], bins["w_ends"]) == \
-        tuple(fe.roi.roi_pool_bins(torch.tensor([16.0, 16, 79, 63]), (3, 3), 1 / 16, (8, 8)))
+    # snapped RoI: columns round(16/16) = 1 .. round(79/16) = 5 (5 cells), rows 1 .. 4 (4 cells);
+    # bin j of 3 spans 1 + floor(j * n / 3) up to 1 + ceil((j + 1) * n / 3)
+    assert (bins["w_starts"], bins["w_ends"]) == ([1, 2, 4], [3, 5, 6])
+    assert (bins["h_starts"], bins["h_ends"]) == ([1, 2, 3], [3, 4, 5])
     assert bins["cells"] == (1, 1, 6, 5) and bins["empty"] == 0               # cells 1..5, rows 1..4
     off = W.pooling_bins((96, 96, 180, 180), 3, 1 / 16, (8, 8))              # cells 6..11 on an 8-map
     assert off["empty"] == 8 and off["cells"] == (6, 6, 8, 8)                # 1 of 3 x 3 bins left
-    rois = torch.tensor([[0.0, 16, 16, 79, 63]])
-    torch.testing.assert_close(W.pool_one_roi(features, (16, 16, 79, 63), (3, 3), 1 / 16),
-                               fe.roi.roi_pool(features[None], rois, 3, 1 / 16)[0])
+    pooled = W.pool_one_roi(features, (16, 16, 79, 63), (3, 3), 1 / 16)
+    assert pooled.shape == (2, 3, 3)
+    for i in range(3):                                                        # each output: its bin's max
+        for j in range(3):
+            window = features[:, bins["h_starts"][i]:bins["h_ends"][i], bins["w_starts"][j]:bins["w_ends"][j]]
+            assert torch.equal(pooled[:, i, j], window.amax(dim=(1, 2)))
 
 
 def test_jittered_proposals_cover_the_ground_truth():
