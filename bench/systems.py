@@ -50,8 +50,11 @@ class RoIPoolAdapter(nn.Module):
         self.featmap_name = featmap_name
 
     def forward(self, features, proposals, image_shapes):
-        return torchvision.ops.roi_pool(features[self.featmap_name], proposals, self.output_size,
-                                        self.spatial_scale)
+        x = features[self.featmap_name]
+        if x.dtype in (torch.float16, torch.bfloat16):   # under autocast: the CPU kernel has no
+            x = x.float()                                # bf16 version (frcnn_edu does the same)
+            proposals = [p.float() for p in proposals]
+        return torchvision.ops.roi_pool(x, proposals, self.output_size, self.spatial_scale)
 
 
 def frcnn_edu_model(preset: str, num_classes: int, **changes) -> fe.FasterRCNN:

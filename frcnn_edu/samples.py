@@ -1,7 +1,10 @@
 """Sample photographs and the shipped checkpoint, for notebooks, demos and benchmarks.
 
-The files live in `<repo>/data/images/` (public-domain / CC0 photos from
-scikit-image's data set; provenance in `data/README.md`). Nothing is
+The files live inside the package, in `frcnn_edu/assets/` (ASSETS), so they
+travel in the wheel: `images/` holds public-domain / CC0 photos from
+scikit-image's data set, `checkpoints/` the shipped checkpoint, and
+`README.md` their provenance and licences. The same lookup works in a source
+checkout (plain or editable install) and in an installed wheel. Nothing is
 downloaded.
 
     import frcnn_edu.samples as samples
@@ -19,17 +22,24 @@ import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-"""The repository folder: the package is <repo>/frcnn_edu."""
+PACKAGE = Path(__file__).resolve().parent
+"""The frcnn_edu package folder (in the repository, or in site-packages when installed)."""
 
-SAMPLE_DIR = REPO / "data" / "images"
+REPO = PACKAGE.parent
+"""The folder that holds the package: the repository in a source checkout, site-packages in an
+installed wheel. No packaged file is looked up through it: the shipped files are in ASSETS."""
+
+ASSETS = PACKAGE / "assets"
+"""The files shipped inside the package (and its wheel): images/, checkpoints/, README.md."""
+
+SAMPLE_DIR = ASSETS / "images"
 """The sample photos."""
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
-SHIPPED_CHECKPOINT = REPO / "data" / "checkpoints" / "shapes_tiny.pt"
-"""The checkpoint shipped with the repository: the shapes_tiny preset trained on SHAPES_TRAIN
-(how, and its mAP: data/README.md)."""
+SHIPPED_CHECKPOINT = ASSETS / "checkpoints" / "shapes_tiny.pt"
+"""The checkpoint shipped with the package: the shapes_tiny preset trained on SHAPES_TRAIN
+(how, and its mAP: frcnn_edu/assets/README.md)."""
 
 # The built-in data: training images come from seed 0, held-out images from seed 1, so the two
 # never share an image.

@@ -1,4 +1,4 @@
-"""Tests for frcnn_edu.samples and the photos in data/images."""
+"""Tests for frcnn_edu.samples and the photos in frcnn_edu/assets/images."""
 
 import pytest
 import torch
@@ -50,4 +50,4 @@ def test_files_small_and_documented():
         assert path.stat().st_size <= 200 * 1024, path
         with Image.open(path) as image:
             assert max(image.size) <= 640, path
-        assert f"`{path.name}`" in section, f"{path.name} is not documented in data/README.md"
+        assert f"`{path.name}`" in section, f"{path.name} is not documented in frcnn_edu/assets/README.md"

@@ -240,7 +240,7 @@ def test_proposal_explorer_from_a_checkpoint(tmp_path):
     assert len(after["boxes"]) <= 300 < len(boxes)
     keep = fe.boxes.nms(boxes, scores, 0.7)[:300]
     torch.testing.assert_close(boxes[keep], after["boxes"])
-    # the explorer loads a checkpoint file (by default the shipped data/checkpoints/shapes_tiny.pt)
+    # the explorer loads a checkpoint file (by default the shipped frcnn_edu/assets/checkpoints/shapes_tiny.pt)
     path = fe.save_checkpoint(tmp_path / "tiny.pt", model)
     ex = W.proposal_explorer(checkpoint=path, top_n=1000)
     assert ex.state["source"] == "RPN of tiny.pt, before NMS"

@@ -28,6 +28,7 @@ One module per explorer, each with its plain computations first, then the explor
 one-line opener: anchors, assignment, proposals, roi_pool. _base holds what they share (the
 default pictures, the sliders, and the controls -> compute -> draw -> PNG plumbing).
 """
+from ..samples import REPO  # defined in frcnn_edu.samples; still importable from here
 from ._base import GROUND_TRUTH, IGNORED, NEGATIVE, POSITIVE, resize_shorter_side, sample_photo, shapes_sample
 from .anchors import (
     RATIO_OPTIONS,
@@ -43,7 +44,6 @@ from .anchors import (
 from .assignment import AssignmentExplorer, assignment_explorer, label_anchors
 from .proposals import (
     DEFAULT_CHECKPOINT,
-    REPO,
     ProposalExplorer,
     jittered_proposals,
     kept_proposals,

@@ -11,10 +11,10 @@ import torch
 from .. import viz
 from ..boxes import box_iou, clip_boxes, nms, remove_small_boxes
 from ..evaluate import proposal_recall
+from ..samples import SHIPPED_CHECKPOINT
 from ._base import GROUND_TRUTH, _check_image, _Explorer, _slider, shapes_sample
 
-REPO = Path(__file__).resolve().parent.parent.parent          # frcnn_edu/widgets/ -> the repository
-DEFAULT_CHECKPOINT = REPO / "data" / "checkpoints" / "shapes_tiny.pt"
+DEFAULT_CHECKPOINT = SHIPPED_CHECKPOINT          # frcnn_edu/assets/checkpoints/shapes_tiny.pt
 
 
 def kept_proposals(boxes: torch.Tensor, scores: torch.Tensor, nms_iou: float = 0.7,
@@ -77,7 +77,7 @@ class ProposalExplorer(_Explorer):
     """NMS and the top-N cut over a set of scored proposals, and the recall they leave (Sec. 3.3).
 
     Proposals: `boxes`/`scores` if given; else the shipped checkpoint's RPN proposals before NMS
-    (data/checkpoints/shapes_tiny.pt), or, without it, random boxes jittered around the ground
+    (frcnn_edu.samples.SHIPPED_CHECKPOINT), or, without it, random boxes jittered around the ground
     truth. Controls: nms_iou, top_n. state: kept (indices into the proposals), num_after_nms,
     num_proposals, recall {0.5: r, 0.7: r}, source.
     """
