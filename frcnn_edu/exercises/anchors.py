@@ -2,7 +2,9 @@
 fe.anchors.generate_base_anchors.
 
 Planted mistakes: width and height swapped, sizes in the outer loop, boxes not centred on
-(0, 0), an area that is not s^2."""
+(0, 0), an area that is not s^2.
+
+The answer (what a solution may not call): fe.anchors.generate_base_anchors."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -10,7 +12,19 @@ from collections.abc import Callable
 import torch
 
 from .. import anchors as anchor_ops
-from ._checking import Case, _as_tensor, _call, _check_shape, _diagnose, _explain, _first_mismatch, _fmt, _run
+from ._checking import (
+    Case,
+    CheckResult,
+    _as_tensor,
+    _call,
+    _check_shape,
+    _diagnose,
+    _explain,
+    _first_mismatch,
+    _fmt,
+    _run,
+    _Watch,
+)
 
 
 def _anchors_swapped(sizes, ratios):
@@ -65,14 +79,22 @@ def _anchor_cases() -> list:
     ]
 
 
-def check_anchors(fn: Callable) -> bool:
-    """Check fn(sizes, ratios) -> (len(ratios) * len(sizes), 4) against generate_base_anchors."""
+_ANCHOR_ANSWER = ("frcnn_edu.anchors.generate_base_anchors",)
+
+
+def check_anchors(fn: Callable, *, raise_on_failure: bool = False) -> CheckResult:
+    """Check fn(sizes, ratios) -> (len(ratios) * len(sizes), 4) against generate_base_anchors.
+
+    raise_on_failure=True is grading mode: silent on success, AssertionError on failure, and a
+    function that calls generate_base_anchors fails.
+    """
     names = ("sizes", "ratios")
+    watch = _Watch(fn, _ANCHOR_ANSWER)
 
     def check_one(case: Case):
         sizes, ratios = case.args
         expected = anchor_ops.generate_base_anchors(sizes, ratios)
-        got = _as_tensor(_call(fn, case, names), "a (k, 4) tensor of anchors").float()
+        got = _as_tensor(_call(fn, case, names, watch), "a (k, 4) tensor of anchors").float()
         _check_shape(fn, case, names, got, expected, f"k = {len(ratios)} x {len(sizes)} anchors")
         where = _first_mismatch(got, expected, atol=1e-3, rtol=1e-5)
         if where is None:
@@ -87,4 +109,4 @@ def check_anchors(fn: Callable) -> bool:
         hint = _diagnose(_ANCHOR_MISTAKES, case, got)
         raise _explain(fn, case, names, _fmt(expected), _fmt(got), detail, hint)
 
-    return _run(fn, "anchors", _anchor_cases(), check_one)
+    return _run(fn, "anchors", _anchor_cases(), check_one, watch, raise_on_failure)

@@ -1,7 +1,10 @@
 """check_assign(fn): fn(anchors (A, 4), gt_boxes (G, 4), image_size, pos_iou, neg_iou) -> (A,)
 labels 1 / 0 / -1, against fe.rpn.assign_anchor_targets with sample=False (Sec. 3.1.2).
 
-Planted mistakes: no highest-IoU rule; cross-boundary anchors not ignored."""
+Planted mistakes: no highest-IoU rule; cross-boundary anchors not ignored.
+
+The answer (what a solution may not call): fe.rpn.assign_anchor_targets. IoU is allowed: the
+exercise says "You may use fe.boxes.box_iou"."""
 from __future__ import annotations
 
 import math
@@ -14,6 +17,7 @@ from .. import boxes as box_ops
 from .. import rpn
 from ._checking import (
     Case,
+    CheckResult,
     _as_tensor,
     _boxes,
     _call,
@@ -24,6 +28,7 @@ from ._checking import (
     _fmt,
     _random_boxes,
     _run,
+    _Watch,
 )
 
 
@@ -51,6 +56,8 @@ def _assign_no_boundary(anchors, gt_boxes, image_size, pos_iou=0.7, neg_iou=0.3)
                                           neg_iou=neg_iou, allowed_border=float("inf"), sample=False)
     return labels
 
+
+_ASSIGN_ANSWER = ("frcnn_edu.rpn.assign_anchor_targets",)
 
 _ASSIGN_MISTAKES = [
     (_assign_no_best_rule, "the highest-IoU rule is missing: for each ground-truth box the anchor(s) "
@@ -128,18 +135,21 @@ def _why(anchors, gt_boxes, image_size, pos_iou, neg_iou, a: int, label: int) ->
     return text + f"; the largest is between neg_iou = {neg_iou} and pos_iou = {pos_iou}, so it is ignored."
 
 
-def check_assign(fn: Callable) -> bool:
+def check_assign(fn: Callable, *, raise_on_failure: bool = False) -> CheckResult:
     """Check fn(anchors, gt_boxes, image_size, pos_iou, neg_iou) -> labels (A,) in {1, 0, -1}.
 
     The reference is fe.rpn.assign_anchor_targets(..., allowed_border=0, sample=False): rules
     (i)-(ii) of Sec. 3.1.2 and cross-boundary anchors ignored, without the random mini-batch.
+    raise_on_failure=True is grading mode: silent on success, AssertionError on failure, and a
+    function that calls assign_anchor_targets fails (box_iou is allowed).
     """
     names = ("anchors", "gt_boxes", "image_size", "pos_iou", "neg_iou")
+    watch = _Watch(fn, _ASSIGN_ANSWER)
 
     def check_one(case: Case):
         anchors, gt_boxes, image_size, pos_iou, neg_iou = case.args
         expected = _reference_labels(*case.args)
-        got = _as_tensor(_call(fn, case, names), "an (A,) tensor of labels")
+        got = _as_tensor(_call(fn, case, names, watch), "an (A,) tensor of labels")
         _check_shape(fn, case, names, got, expected, "labels")
         where = _first_mismatch(got, expected, atol=0, rtol=0)
         if where is None:
@@ -151,4 +161,4 @@ def check_assign(fn: Callable) -> bool:
         hint = _diagnose(_ASSIGN_MISTAKES, case, got)
         raise _explain(fn, case, names, _fmt(expected), _fmt(got), detail, hint)
 
-    return _run(fn, "assign", _assign_cases(), check_one)
+    return _run(fn, "assign", _assign_cases(), check_one, watch, raise_on_failure)

@@ -2,7 +2,10 @@
 fe.boxes.encode.
 
 Planted mistakes: no log, corners instead of centres, offsets not divided by the anchor's
-size, boxes and anchors swapped."""
+size, boxes and anchors swapped.
+
+The answer (what a solution may not call): fe.boxes.encode and its centre / size helper, and
+torchvision's box coder (if imported)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -12,6 +15,7 @@ import torch
 from .. import boxes as box_ops
 from ._checking import (
     Case,
+    CheckResult,
     _as_tensor,
     _boxes,
     _call,
@@ -22,6 +26,7 @@ from ._checking import (
     _fmt,
     _random_boxes,
     _run,
+    _Watch,
 )
 
 
@@ -64,6 +69,10 @@ _ENCODE_MISTAKES = [
 ]
 
 
+_ENCODE_ANSWER = ("frcnn_edu.boxes.encode", "frcnn_edu.boxes._centre_size",
+                  "torchvision.models.detection._utils.encode_boxes")
+
+
 def _encode_cases() -> list:
     g = torch.Generator().manual_seed(2)
     anchors = _random_boxes(12, g, size=200.0, min_side=8.0)
@@ -83,15 +92,20 @@ def _encode_cases() -> list:
     ]
 
 
-def check_encode(fn: Callable) -> bool:
-    """Check fn(boxes (N, 4), anchors (N, 4)) -> (N, 4) eq. 2 targets against fe.boxes.encode."""
+def check_encode(fn: Callable, *, raise_on_failure: bool = False) -> CheckResult:
+    """Check fn(boxes (N, 4), anchors (N, 4)) -> (N, 4) eq. 2 targets against fe.boxes.encode.
+
+    raise_on_failure=True is grading mode: silent on success, AssertionError on failure, and a
+    function that calls fe.boxes.encode fails.
+    """
     names = ("boxes", "anchors")
+    watch = _Watch(fn, _ENCODE_ANSWER)
     components = ("tx = (x - xa) / wa", "ty = (y - ya) / ha", "tw = log(w / wa)", "th = log(h / ha)")
 
     def check_one(case: Case):
         boxes, anchors = case.args
         expected = box_ops.encode(boxes, anchors)
-        got = _as_tensor(_call(fn, case, names), "an (N, 4) tensor of targets")
+        got = _as_tensor(_call(fn, case, names, watch), "an (N, 4) tensor of targets")
         _check_shape(fn, case, names, got, expected, "targets")
         where = _first_mismatch(got, expected, atol=1e-5, rtol=1e-4)
         if where is None:
@@ -102,4 +116,4 @@ def check_encode(fn: Callable) -> bool:
         hint = _diagnose(_ENCODE_MISTAKES, case, got)
         raise _explain(fn, case, names, _fmt(expected), _fmt(got), detail, hint)
 
-    return _run(fn, "encode", _encode_cases(), check_one)
+    return _run(fn, "encode", _encode_cases(), check_one, watch, raise_on_failure)

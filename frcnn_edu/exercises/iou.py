@@ -1,7 +1,10 @@
 """check_iou(fn): fn(boxes1 (N, 4), boxes2 (M, 4)) -> IoU matrix (N, M), against fe.boxes.box_iou.
 
 Planted mistakes: the +1-pixel width, no clamp at 0, dividing by area1 + area2, no guard
-against 0 / 0."""
+against 0 / 0. Values outside [0, 1] get a hint of their own.
+
+The answer (what a solution may not call): box_iou, box_area and their helpers, in frcnn_edu and
+torchvision."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -11,6 +14,7 @@ import torch
 from .. import boxes as box_ops
 from ._checking import (
     Case,
+    CheckResult,
     _as_tensor,
     _boxes,
     _call,
@@ -21,6 +25,7 @@ from ._checking import (
     _fmt,
     _random_boxes,
     _run,
+    _Watch,
 )
 
 
@@ -79,6 +84,34 @@ _IOU_MISTAKES = [
 ]
 
 
+_IOU_ANSWER = ("frcnn_edu.boxes.box_iou", "frcnn_edu.boxes._box_iou", "frcnn_edu.boxes.box_area",
+               "frcnn_edu.boxes._box_area", "torchvision.ops.box_iou", "torchvision.ops.box_area",
+               "torchvision.ops.boxes._box_inter_union")
+
+
+def _out_of_range(got: torch.Tensor) -> tuple[str, str]:
+    """(detail, hint) about IoU values outside [0, 1], or ("", "") when all lie inside (NaN has
+    its own hint)."""
+    values = got.double()
+    values = values[~torch.isnan(values)]
+    below, above = bool((values < 0).any()), bool((values > 1).any())
+    if not (below or above):
+        return "", ""
+    detail = (f"IoU must lie in [0, 1], but your values go from {float(values.min()):.4f} "
+              f"to {float(values.max()):.4f}.")
+    hints = []
+    if below:
+        hints.append("values below 0 mean a negative intersection: when two boxes do not overlap, "
+                     "the width or height of their intersection is negative; clamp both at 0 "
+                     "(.clamp(min=0)) before multiplying.")
+    if above:
+        hints.append("values above 1 mean the intersection came out larger than the union: the "
+                     "intersection runs from the LARGER top-left corner (torch.max) to the SMALLER "
+                     "bottom-right corner (torch.min), and the union is area1 + area2 - intersection, "
+                     "the intersection subtracted exactly once.")
+    return detail, " Also, ".join(hints)
+
+
 def _iou_cases() -> list:
     g = torch.Generator().manual_seed(0)
     return [
@@ -107,13 +140,18 @@ def _iou_cases() -> list:
     ]
 
 
-def check_iou(fn: Callable) -> bool:
-    """Check fn(boxes1 (N, 4), boxes2 (M, 4)) -> IoU matrix (N, M) against fe.boxes.box_iou."""
+def check_iou(fn: Callable, *, raise_on_failure: bool = False) -> CheckResult:
+    """Check fn(boxes1 (N, 4), boxes2 (M, 4)) -> IoU matrix (N, M) against fe.boxes.box_iou.
+
+    raise_on_failure=True is grading mode: silent on success, AssertionError on failure, and a
+    function that calls box_iou (or box_area) fails.
+    """
     names = ("boxes1", "boxes2")
+    watch = _Watch(fn, _IOU_ANSWER)
 
     def check_one(case: Case):
         expected = box_ops.box_iou(*case.args)
-        got = _as_tensor(_call(fn, case, names), "an (N, M) IoU matrix")
+        got = _as_tensor(_call(fn, case, names, watch), "an (N, M) IoU matrix")
         _check_shape(fn, case, names, got, expected, "an IoU matrix")
         where = _first_mismatch(got, expected, atol=1e-5, rtol=1e-4)
         if where is None:
@@ -123,7 +161,10 @@ def check_iou(fn: Callable) -> bool:
         detail = (f"First difference at [{i}, {j}]: IoU of boxes1[{i}] = {_fmt(b1)} and "
                   f"boxes2[{j}] = {_fmt(b2)} should be {float(expected[i, j]):.4f}, "
                   f"yours is {float(got[i, j]):.4f}.")
-        hint = _diagnose(_IOU_MISTAKES, case, got)
+        range_detail, range_hint = _out_of_range(got)
+        if range_detail:
+            detail += f"\n  {range_detail}"
+        hint = _diagnose(_IOU_MISTAKES, case, got) or range_hint
         raise _explain(fn, case, names, _fmt(expected), _fmt(got), detail, hint)
 
-    return _run(fn, "iou", _iou_cases(), check_one)
+    return _run(fn, "iou", _iou_cases(), check_one, watch, raise_on_failure)

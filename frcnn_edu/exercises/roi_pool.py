@@ -2,7 +2,10 @@
 whole operation, against fe.roi.roi_pool.
 
 Planted mistakes: rounding half to even (torch.round), equal integer bins, the end cell
-left out."""
+left out.
+
+The answer (what a solution may not call): fe.roi.roi_pool with its bins and kernels, and
+torchvision's roi_pool (fe.roi.RoIPool and torchvision.ops.RoIPool call them too)."""
 from __future__ import annotations
 
 import math
@@ -11,7 +14,19 @@ from collections.abc import Callable
 import torch
 
 from .. import roi as roi_ops
-from ._checking import Case, _as_tensor, _call, _check_shape, _diagnose, _explain, _first_mismatch, _fmt, _run
+from ._checking import (
+    Case,
+    CheckResult,
+    _as_tensor,
+    _call,
+    _check_shape,
+    _diagnose,
+    _explain,
+    _first_mismatch,
+    _fmt,
+    _run,
+    _Watch,
+)
 
 
 def _edges_agree(length: int, pooled: int) -> bool:
@@ -183,15 +198,22 @@ def _full_cases() -> list:
     return cases
 
 
-def check_roi_pool(fn: Callable, full: bool = False) -> bool:
+_ROI_POOL_ANSWER = ("frcnn_edu.roi.roi_pool", "frcnn_edu.roi._roi_pool_reference", "frcnn_edu.roi.roi_pool_bins",
+                    "frcnn_edu.parallel.roi_pool_threaded", "torchvision.ops.roi_pool")
+
+
+def check_roi_pool(fn: Callable, full: bool = False, *, raise_on_failure: bool = False) -> CheckResult:
     """Check a RoI max pooling function against fe.roi.roi_pool.
 
     full=False: fn(features (C, H, W), roi (4,) = (x1, y1, x2, y2) in image pixels,
                    output_size (h, w), spatial_scale) -> (C, h, w)   -- one RoI;
     full=True:  fn(features (N, C, H, W), rois (K, 5), output_size (h, w), spatial_scale)
                    -> (K, C, h, w)   -- the whole operation.
+    raise_on_failure=True is grading mode: silent on success, AssertionError on failure, and a
+    function that calls roi_pool (or roi_pool_bins) fails.
     """
     names = ("features", "rois" if full else "roi", "output_size", "spatial_scale")
+    watch = _Watch(fn, _ROI_POOL_ANSWER)
 
     def check_one(case: Case):
         features, roi, size, scale = case.args
@@ -199,7 +221,7 @@ def check_roi_pool(fn: Callable, full: bool = False) -> bool:
             expected = roi_ops.roi_pool(features, roi, size, scale)
         else:
             expected = _reference_single(features, roi, size, scale)
-        got = _as_tensor(_call(fn, case, names), "a tensor of pooled features")
+        got = _as_tensor(_call(fn, case, names, watch), "a tensor of pooled features")
         _check_shape(fn, case, names, got, expected, "pooled features")
         where = _first_mismatch(got, expected, atol=1e-6, rtol=1e-6)
         if where is None:
@@ -208,4 +230,4 @@ def check_roi_pool(fn: Callable, full: bool = False) -> bool:
         hint = "" if full else _diagnose(_ROI_MISTAKES, case, got)
         raise _explain(fn, case, names, _fmt(expected), _fmt(got), detail, hint)
 
-    return _run(fn, "roi_pool", _full_cases() if full else _roi_cases(), check_one)
+    return _run(fn, "roi_pool", _full_cases() if full else _roi_cases(), check_one, watch, raise_on_failure)

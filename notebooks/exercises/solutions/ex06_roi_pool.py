@@ -1,4 +1,5 @@
-"""Solution to exercise 6: RoI max pooling of one RoI (Fast R-CNN, Sec. 2.1)."""
+"""Solution to exercise 6: RoI max pooling of one RoI (Fast R-CNN, Sec. 2.1), and the bonus: the
+whole operation on a batch, written with it."""
 import math
 
 import torch
@@ -37,3 +38,23 @@ def my_roi_pool(features, roi, output_size, spatial_scale):
             window = features[:, row_start:row_end, col_start:col_end]
             output[:, i, j] = window.amax(dim=(1, 2))
     return output
+
+
+def my_roi_pool_batch(features, rois, output_size, spatial_scale):
+    """RoI max pooling of a batch: features (N, C, H, W), rois (K, 5) -> (K, C, h, w).
+
+    Each row of rois is (batch index, x1, y1, x2, y2): column 0 says which image of the batch the
+    RoI belongs to (not a class or a score), the other four are the box in image pixels.
+    """
+    channels = features.shape[1]
+    out_h, out_w = output_size
+    pooled = []
+    for roi in rois:
+        # 1. The RoI's own image: features[0] would pool every RoI from the first image.
+        image = features[int(roi[0])]                                        # (C, H, W)
+        # 2. Pool it with the one-RoI function.
+        pooled.append(my_roi_pool(image, roi[1:], output_size, spatial_scale))  # (C, h, w)
+    if not pooled:
+        # No RoIs: torch.stack([]) fails, so build the empty (0, C, h, w) result directly.
+        return torch.zeros(0, channels, out_h, out_w, dtype=features.dtype)
+    return torch.stack(pooled)                                               # (K, C, h, w)
