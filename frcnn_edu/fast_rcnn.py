@@ -56,10 +56,11 @@ def sample_proposal_targets(proposals: torch.Tensor, gt_boxes: torch.Tensor, gt_
     in_bg_range = (best_iou >= bg_iou[0]) & (best_iou < bg_iou[1])
     max_fg = int(round(batch_size * positive_fraction))
     fg_order = torch.where(foreground, keys, keys + 10.0).argsort()
-    fg_keep = fg_order[: min(max_fg, int(foreground.sum()))]
+    num_fg = int(foreground.sum())             # the one device-to-host sync of the sampling
+    fg_keep = fg_order[: min(max_fg, num_fg)]
     bg_keys = torch.where(in_bg_range, keys, keys + 1.0)          # [0.1, 0.5) before [0, 0.1)
     bg_keys = torch.where(foreground, bg_keys + 10.0, bg_keys)    # never foreground
-    num_bg = min(batch_size - fg_keep.numel(), int((~foreground).sum()))
+    num_bg = min(batch_size - fg_keep.numel(), rois.shape[0] - num_fg)
     bg_keep = bg_keys.argsort()[:num_bg]
 
     keep = torch.cat([fg_keep, bg_keep])

@@ -183,8 +183,10 @@ def rpn_loss(objectness: torch.Tensor, deltas: torch.Tensor, labels: torch.Tenso
 
     Returns (loss_cls, loss_box), each a scalar.
     """
-    sampled = labels >= 0
-    positive = labels == 1
+    # (image, anchor) index pairs rather than boolean masks: each costs one device-to-host sync
+    # when it is built, not one per tensor it selects from (and none in the backward pass).
+    sampled = torch.where(labels >= 0)
+    positive = torch.where(labels == 1)
     num_images = labels.shape[0]
     if objectness.shape[-1] == 2:
         cls_terms = F.cross_entropy(objectness[sampled], labels[sampled], reduction="sum")
@@ -199,7 +201,7 @@ def rpn_loss(objectness: torch.Tensor, deltas: torch.Tensor, labels: torch.Tenso
         n_cls = batch_size_per_image * num_images
         n_reg = num_locations * num_images
     elif normalization == "sampled":
-        n_cls = n_reg = sampled.sum().clamp(min=1)
+        n_cls = n_reg = (labels >= 0).sum().clamp(min=1)
     else:
         raise ValueError(f"normalization must be 'paper' or 'sampled', got {normalization!r}")
     return cls_terms / n_cls, lambda_ * reg_terms / n_reg
@@ -252,10 +254,11 @@ def select_proposals(boxes: torch.Tensor, logits: torch.Tensor, image_size, min_
     Returns boxes (P, 4) and their objectness probabilities (P,).
     """
     boxes = box_ops.clip_boxes(boxes, image_size, validate=False)
-    keep = box_ops.remove_small_boxes(boxes, min_size, validate=False)
-    # An anchor entirely outside this image (e.g. in the padding of a smaller image in the
-    # batch) clips to an empty box: never a proposal, even when min_size is 0.
-    keep = keep[(boxes[keep, 2] > boxes[keep, 0]) & (boxes[keep, 3] > boxes[keep, 1])]
+    # box_ops.remove_small_boxes, with one more test in the same mask: an anchor entirely outside
+    # this image (e.g. in the padding of a smaller image in the batch) clips to an empty box,
+    # never a proposal, even when min_size is 0. (One mask: one device-to-host sync.)
+    width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    keep = torch.where((width >= min_size) & (height >= min_size) & (width > 0) & (height > 0))[0]
     boxes, logits = boxes[keep], logits[keep]
     keep = box_ops.nms(boxes, logits, nms_iou, impl=nms_impl, validate=False)[:post_nms_top_n]
     return boxes[keep], torch.sigmoid(logits[keep])

@@ -105,7 +105,7 @@ class ImageTransform(nn.Module):
         boxes, labels = target["boxes"].to(device), target["labels"].to(device)
         difficult = target.get("difficult")
         if difficult is not None and not self.config.train_on_difficult:
-            keep = ~difficult.to(device).bool()
+            keep = torch.where(~difficult.to(device).bool())[0]   # indices: one host sync, not three
             boxes, labels, target["difficult"] = boxes[keep], labels[keep], difficult.to(device)[keep]
         target["boxes"] = boxes * torch.tensor([sx, sy, sx, sy], device=device)
         target["labels"] = labels
