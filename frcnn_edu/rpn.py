@@ -299,8 +299,10 @@ class RegionProposalNetwork(nn.Module):
         # (torch.autocast): float16 cannot hold pixel coordinates of a 1000-px image to better
         # than 0.5 px (bfloat16: 4 px), and the highest-IoU rule compares IoUs for equality.
         anchors = self.anchor_generator((height, width), device=features.device, dtype=torch.float32)
-        scores = flatten_head_output(scores_map, self.head.scores_per_anchor).float()   # (B, A, 2|1)
-        deltas = flatten_head_output(deltas_map, 4).float()                              # (B, A, 4)
+        # (copy=True: a tensor of its own, not a view of the head's channels_last output, which
+        # torch.compile cannot rebuild when a graph ends here)
+        scores = flatten_head_output(scores_map, self.head.scores_per_anchor).to(torch.float32, copy=True)
+        deltas = flatten_head_output(deltas_map, 4).to(torch.float32, copy=True)       # (B, A, 4)
 
         proposals: list[torch.Tensor] = []
         proposal_scores: list[torch.Tensor] = []
