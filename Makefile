@@ -51,7 +51,7 @@ lab: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
-# Re-run every notebook and store the outputs of the cells marked NBVAL_CHECK_OUTPUT (the ones
+# Re-run every notebook and store the outputs of the cells tagged nbval-check-output (the ones
 # `make test` compares); all other cells are stripped.
 notebook-outputs: $(STAMP)
 	$(PY) tools/refresh_notebook_outputs.py

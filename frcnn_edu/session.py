@@ -75,8 +75,7 @@ class TrainingSession:
         self.generator = torch.Generator(device=device).manual_seed(seed + 1)
         self.lock = CheckpointLock(self.checkpoint) if self.checkpoint is not None and self.writer else None
         self.log_file = None
-        self.stop_signal: int | None = None
-        self._saved_handlers: dict = {}
+        self.signals = StopSignals()
         try:
             if self.lock is not None:
                 self.lock.acquire()      # also proves the checkpoint's folder is writable
@@ -112,7 +111,9 @@ class TrainingSession:
         self.optimizer_state = saved.get("optimizer")
         self.scaler_state = saved.get("scaler")
         self.step1_network = saved.get("step1_network")
-        self._restore_random_states(saved)
+        ranks = saved.get("rank_states")
+        restore_random_states(ranks[self.rank] if ranks and len(ranks) == distributed.world_size() else saved,
+                              self.generator, self.device)
         if self.stage >= num_stages and self.iters > saved["iters"]:
             # A finished run asked for more iterations: extend its (single) stage.
             if num_stages > 1:
@@ -123,31 +124,6 @@ class TrainingSession:
         elif self.iters != saved["iters"]:
             raise ValueError(f"{self.checkpoint} was written by a run of {saved['iters']} iterations; "
                              f"resume it with the same iters (or more, once it has finished)")
-
-    def _random_states(self) -> dict:
-        """This rank's random states: torch's CPU (flips of old runs, initialisation), CUDA's
-        (dropout on the GPU) and the sampling generator's, with the device it lives on."""
-        return {"rng": torch.get_rng_state(), "generator": self.generator.get_state(),
-                "generator_device": self.generator.device.type,
-                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
-
-    def _restore_random_states(self, saved: dict) -> None:
-        ranks = saved.get("rank_states")
-        states = ranks[self.rank] if ranks and len(ranks) == distributed.world_size() else saved
-        torch.set_rng_state(states["rng"])
-        if states.get("cuda_rng") is not None and self.device.type == "cuda":
-            if len(states["cuda_rng"]) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(states["cuda_rng"])
-        generator_state = states.get("generator")
-        if generator_state is None:
-            return
-        if states.get("generator_device", "cpu") == self.generator.device.type:
-            self.generator.set_state(generator_state)
-        else:
-            # A CPU generator's state cannot seed a CUDA one (5,056 bytes vs 16): resuming on another
-            # kind of device continues with a sampling stream derived from the saved one.
-            digest = hashlib.sha256(bytes(generator_state.tolist())).digest()
-            self.generator.manual_seed(int.from_bytes(digest[:8], "little") % (2 ** 63))
 
     def first_iteration(self, stage: int) -> int | None:
         """Where `stage` starts: 0, the resumed iteration, or None when it finished already."""
@@ -192,16 +168,16 @@ class TrainingSession:
         self.stage, self.iteration = stage, iteration + 1
         out_of_time = self.time_limit is not None and time.perf_counter() - self.started > self.time_limit
         # Under torchrun every rank must stop (and save) at the same iteration.
-        stop, out_of_time = distributed.agree(self.stop_signal is not None, out_of_time, device=self.device)
-        if stop and self.stop_signal is None:
-            self.stop_signal = signal.SIGTERM       # another rank was told to stop
+        stop, out_of_time = distributed.agree(self.signals.received is not None, out_of_time, device=self.device)
+        if stop and self.signals.received is None:
+            self.signals.received = signal.SIGTERM     # another rank was told to stop
         if out_of_time or stop:   # the iterations since the last record are not lost from the log
             self.flush_record(stage_name, iteration)
         if self.checkpoint is not None and (self.iteration % self.checkpoint_every == 0 or out_of_time or stop):
             self._check_finite(stage_name)
             self.save(optimizer)
-        if self.stop_signal is not None:
-            raise TrainingInterrupted(self.stop_signal, self.checkpoint, stage_name, self.iteration,
+        if self.signals.received is not None:
+            raise TrainingInterrupted(self.signals.received, self.checkpoint, stage_name, self.iteration,
                                       self.stage_iters[stage])
         if out_of_time:
             raise TimeLimitReached
@@ -229,19 +205,6 @@ class TrainingSession:
             raise FloatingPointError(f"training diverged at {stage_name} iteration {self.iteration}: {what}"
                                      f"{kept}; try a smaller learning rate (--lr)")
 
-    # -- stop signals -----------------------------------------------------------------------------
-    def catch_stop_signals(self) -> None:
-        """SIGINT / SIGTERM ask to stop after the current iteration (main thread only)."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._saved_handlers[signum] = signal.signal(signum, self._on_signal)
-
-    def _on_signal(self, signum, frame) -> None:
-        if self.stop_signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt     # a second Ctrl-C: stop now (checkpoint writes are atomic)
-        self.stop_signal = signum
-
     def end_stage(self, stage: int) -> None:
         self.stage, self.iteration = stage + 1, 0
 
@@ -254,7 +217,7 @@ class TrainingSession:
 
     def save(self, optimizer) -> None:
         """Write the checkpoint (rank 0; every rank calls this, to hand over its random states)."""
-        rank_states = distributed.gather_objects(self._random_states())
+        rank_states = distributed.gather_objects(random_states(self.generator, self.device))
         if not self.writer:
             return
         scaler = self.scaler if self.scaler is not None and self.scaler.is_enabled() else None
@@ -268,11 +231,64 @@ class TrainingSession:
 
     def close(self) -> None:
         """Restore the signal handlers, close the loss log, release the lock."""
-        for signum, handler in self._saved_handlers.items():
-            signal.signal(signum, handler)
-        self._saved_handlers = {}
+        self.signals.restore()
         if self.log_file:
             self.log_file.close()
             self.log_file = None
         if self.lock is not None:
             self.lock.release()
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM ask training to stop after the current iteration.
+
+    catch() installs the handlers (main thread only: Python delivers signals there), restore()
+    puts the previous ones back. `received` holds the signal until the trainer acts on it; a
+    second Ctrl-C raises KeyboardInterrupt at once (checkpoint writes are atomic).
+    """
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def catch(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
+def random_states(generator: torch.Generator, device: torch.device) -> dict:
+    """This process's random states: torch's CPU one (initialisation, CPU dropout), CUDA's (GPU
+    dropout) and the sampling generator's, with the kind of device it lives on."""
+    return {"rng": torch.get_rng_state(), "generator": generator.get_state(),
+            "generator_device": generator.device.type,
+            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None}
+
+
+def restore_random_states(states: dict, generator: torch.Generator, device: torch.device) -> None:
+    """Put back what `random_states` saved, on this device or another kind of device."""
+    torch.set_rng_state(states["rng"])
+    if states.get("cuda_rng") is not None and device.type == "cuda":
+        if len(states["cuda_rng"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states["cuda_rng"])
+    generator_state = states.get("generator")
+    if generator_state is None:
+        return
+    if states.get("generator_device", "cpu") == generator.device.type:
+        generator.set_state(generator_state)
+    else:
+        # A CPU generator's state cannot seed a CUDA one (5,056 bytes vs 16): resuming on another
+        # kind of device continues with a sampling stream derived from the saved one.
+        digest = hashlib.sha256(bytes(generator_state.tolist())).digest()
+        generator.manual_seed(int.from_bytes(digest[:8], "little") % (2 ** 63))

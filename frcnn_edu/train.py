@@ -89,7 +89,7 @@ def train(model: FasterRCNN, dataset, *, iters: int, batch_size: int = 2, lr: fl
                             progress=progress and session.writer,
                             workers=default_workers() if workers is None else workers)
     model.set_generator(session.generator)
-    session.catch_stop_signals()
+    session.signals.catch()
     try:
         if schedule == "joint":
             joint_training(model, run_stage)

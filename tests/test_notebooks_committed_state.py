@@ -1,8 +1,9 @@
 """Notebooks are committed in one state, written by tools/refresh_notebook_outputs.py:
 
-cells marked `# NBVAL_CHECK_OUTPUT` keep their text output (what `pytest --nbval-lax` compares a
-fresh run against: without a stored output nbval would check nothing), every other code cell is
-stripped.
+cells tagged `nbval-check-output` (cell metadata "tags") keep their text output (what
+`pytest --nbval-lax` compares a fresh run against: without a stored output nbval would check
+nothing), every other code cell is stripped. nbval's instructions live in tags, never in comments
+in the code learners read.
 """
 import json
 from pathlib import Path
@@ -19,8 +20,12 @@ def test_there_is_a_course():
     assert len(COURSE) >= 13, [p.name for p in COURSE]
 
 
-MARK = "# NBVAL_CHECK_OUTPUT"
+TAG = "nbval-check-output"
 REFRESH = "run `make notebook-outputs` (tools/refresh_notebook_outputs.py)"
+
+
+def is_checked(cell) -> bool:
+    return cell["cell_type"] == "code" and TAG in cell.get("metadata", {}).get("tags", [])
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: str(p.relative_to(ROOT)))
@@ -30,9 +35,9 @@ def test_only_checked_cells_keep_their_text_output(path):
         if cell["cell_type"] != "code":
             continue
         where = f"{path.name} cell {index}"
-        if MARK in "".join(cell["source"]):
+        if is_checked(cell):
             assert cell.get("execution_count") is not None and cell.get("outputs"), (
-                f"{where} is marked {MARK} but has no stored output, so nbval would check nothing: {REFRESH}")
+                f"{where} is tagged {TAG} but has no stored output, so nbval would check nothing: {REFRESH}")
             for output in cell["outputs"]:
                 assert output["output_type"] in ("stream", "execute_result"), f"{where}: {output['output_type']}"
                 assert set(output.get("data", {})) <= {"text/plain"}, f"{where} stores non-text output"
@@ -43,8 +48,19 @@ def test_only_checked_cells_keep_their_text_output(path):
 
 def test_the_check_marks_are_not_toothless():
     """Every course notebook but the training comparison pins some printed numbers."""
-    checked = {p.name for p in COURSE if MARK in p.read_text()}
+    checked = {p.name for p in COURSE if any(is_checked(c) for c in json.loads(p.read_text())["cells"])}
     assert len(checked) >= len(COURSE) - 1, sorted(p.name for p in COURSE if p.name not in checked)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_nbval_comments_in_the_code(path):
+    """nbval markers are cell tags (nbval-check-output, nbval-ignore-output, nbval-skip,
+    raises-exception), not `# NBVAL_...` comment lines: learners see clean code."""
+    notebook = json.loads(path.read_text())
+    for index, cell in enumerate(notebook["cells"]):
+        assert "NBVAL" not in "".join(cell["source"]), (
+            f"{path.name} cell {index}: move the `# NBVAL_...` comment into the cell's metadata tags "
+            f"(e.g. {TAG}) and delete the line")
 
 
 @pytest.mark.parametrize("path", COURSE, ids=lambda p: p.name)

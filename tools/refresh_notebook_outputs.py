@@ -1,15 +1,17 @@
 """Re-execute the notebooks and store the outputs nbval checks: `make notebook-outputs`.
 
 The committed state of every notebook (tests/test_notebooks_committed_state.py enforces it):
-  - cells marked `# NBVAL_CHECK_OUTPUT` keep their text output and an execution count: that
-    stored output is what `pytest --nbval-lax` compares a fresh run against, so the numbers
-    these cells print cannot drift unnoticed;
+  - cells tagged `nbval-check-output` (cell metadata "tags", which nbval reads) keep their text
+    output and an execution count: that stored output is what `pytest --nbval-lax` compares a
+    fresh run against, so the numbers these cells print cannot drift unnoticed;
   - every other code cell is stripped (no outputs, no execution count): figures and widgets are
     made fresh by whoever runs the notebook, and the repository stays small.
 
     python tools/refresh_notebook_outputs.py [NOTEBOOK ...]   (default: every notebook)
 
 Each notebook runs top to bottom in a fresh kernel, in its own directory, as nbval runs it.
+A first line `# NBVAL_CHECK_OUTPUT`, the older way to mark such a cell, still counts for now; new
+cells use the tag, so that learners see clean code.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ import nbformat
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
-MARK = "# NBVAL_CHECK_OUTPUT"
+TAG = "nbval-check-output"
+LEGACY_MARK = "NBVAL_CHECK_OUTPUT"   # as a comment line, still accepted; the notebooks use the tag
 
 
 def notebooks() -> list[Path]:
@@ -30,7 +33,12 @@ def notebooks() -> list[Path]:
 
 
 def is_checked(cell) -> bool:
-    return cell.cell_type == "code" and MARK in cell.source
+    """Whether nbval compares this cell's output: tagged `nbval-check-output` (or the old comment)."""
+    if cell.cell_type != "code":
+        return False
+    tags = cell.get("metadata", {}).get("tags", [])
+    return TAG in tags or any(line.strip().startswith("#") and line.strip().lstrip("#").strip() == LEGACY_MARK
+                              for line in cell.source.splitlines())
 
 
 def text_outputs(outputs: list) -> list:
@@ -45,7 +53,7 @@ def text_outputs(outputs: list) -> list:
         elif output.output_type == "error":
             raise RuntimeError(f"cell raised {output.ename}: {output.evalue}")
         else:
-            raise RuntimeError(f"a {MARK} cell must print text only; it produced {output.output_type} "
+            raise RuntimeError(f"a cell tagged {TAG} must print text only; it produced {output.output_type} "
                                f"{sorted(getattr(output, 'data', {}))}")
     return kept
 
