@@ -21,8 +21,8 @@ on their own. The explorer classes only wire sliders to them and draw. Every exp
     .set(**values)  set several controls with one redraw, e.g. .set(x=10, y=4)
 
 The figure is a plain matplotlib `Figure` rendered to a PNG inside an `ipywidgets.Output`
-(clear_output(wait=True), then display), so the explorers work with the inline backend and need
-no ipympl.
+(set as the Output's `outputs` state, not written into it with display: see _Explorer.redraw),
+so the explorers work with the inline backend and need no ipympl.
 
 One module per explorer, each with its plain computations first, then the explorer class and its
 one-line opener: anchors, assignment, proposals, roi_pool. _base holds what they share (the

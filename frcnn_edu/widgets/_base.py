@@ -7,13 +7,13 @@ compute() -> state dict and draw() (using self.state, self.ax / self.axes).
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 
 import ipywidgets as widgets
 import torch
 import torch.nn.functional as F
-from IPython.display import Image, clear_output, display
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -59,6 +59,13 @@ def _slider(kind, description, value, minimum, maximum, step=1, **kwargs):
     return kind(value=value, min=minimum, max=maximum, step=step, description=description,
                 continuous_update=False, style={"description_width": "90px"},
                 layout=widgets.Layout(width="310px"), **kwargs)
+
+
+def _png_output(png: bytes) -> dict:
+    """A display_data output holding `png`, as an Output widget's `outputs` state stores it."""
+    return {"output_type": "display_data", "metadata": {},
+            "data": {"image/png": base64.b64encode(png).decode("ascii"),
+                     "text/plain": "<IPython.core.display.Image object>"}}
 
 
 class _Explorer:
@@ -119,9 +126,13 @@ class _Explorer:
         self.fig.savefig(buffer, format="png", dpi=self.dpi)
         self.png = buffer.getvalue()
         self.redraw_count += 1
-        with self.output:
-            clear_output(wait=True)
-            display(Image(data=self.png, format="png"))
+        # Replace the Output's content by setting its `outputs` state (one comm update), rather
+        # than `with self.output: clear_output(wait=True); display(...)`. The browser shows the
+        # same thing, but nbclient (jupyter execute, Jupyter Book, papermill) answers every output
+        # captured by an Output widget with a comm message on the shell channel while it waits
+        # there for the cell's execute_reply, and now and then misses that reply until the cell
+        # timeout has passed (jupyter/nbclient#312): a whole cell timeout lost per explorer.
+        self.output.outputs = (_png_output(self.png),)
         return self.state
 
     def set(self, **values) -> dict:
