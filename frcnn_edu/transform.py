@@ -105,9 +105,10 @@ class ImageTransform(nn.Module):
         boxes, labels = target["boxes"].to(device), target["labels"].to(device)
         difficult = target.get("difficult")
         if difficult is not None and not self.config.train_on_difficult:
-            keep = torch.where(~difficult.to(device).bool())[0]   # indices: one host sync, not three
-            boxes, labels, target["difficult"] = boxes[keep], labels[keep], difficult.to(device)[keep]
-        target["boxes"] = boxes * torch.tensor([sx, sy, sx, sy], device=device)
+            difficult = difficult.to(device).bool()
+            keep = torch.where(~difficult)[0]       # indices: one host sync for all three tensors
+            boxes, labels, target["difficult"] = boxes[keep], labels[keep], difficult[keep]
+        target["boxes"] = boxes * boxes.new_tensor([sx, sy, sx, sy])
         target["labels"] = labels
         return target
 
