@@ -3,13 +3,16 @@
     python -m bench.curves rpn         [--minutes 5]  [--iters 2000]
     python -m bench.curves joint       [--minutes 10] [--iters 2000]
     python -m bench.curves alternating [--minutes 10] [--iters 2000]
-    ... [--chunk 120] [--out runs/curves] [--json FILE]
+    ... [--chunk 120] [--out runs/curves] [--json FILE] [--precision bf16]
 
 Trains the `shapes_tiny` preset from scratch exactly as `frcnn-edu train --dataset shapes` does
 (same training images, batch 4, lr 0.02, 100 warm-up iterations, seed 0), but in chunks of
 `--chunk` seconds: `train(..., resume=True, time_limit=chunk)` stops, checkpoints and returns, the
 checkpoint is evaluated on the 200 held-out images, and training resumes. Only the seconds spent
 inside `train` count as training time; evaluation is not counted. `--minutes` caps the total.
+`--precision bf16` trains (and evaluates) under bfloat16 autocast, as `frcnn-edu train --precision
+bf16` does: the time-to-mAP of mixed precision. On a CPU without bf16 hardware (no AMX /
+AVX512-BF16 in `lscpu`) bf16 is emulated and slower than fp32; compare iterations there, not seconds.
 
   rpn:          the RPN alone ([P] Sec. 3.1.3); proposal recall at IoU 0.5 / 0.7 with
                 50 / 100 / 300 / 1000 proposals (the RPN keeps 1000 for this measurement).
@@ -40,7 +43,7 @@ def fresh_model(classes) -> FasterRCNN:
     return FasterRCNN(len(classes), config=get_preset("shapes_tiny"), class_names=classes)
 
 
-def evaluate(kind: str, checkpoint: Path, held_out) -> dict | None:
+def evaluate(kind: str, checkpoint: Path, held_out, precision: str = "fp32") -> dict | None:
     payload = read_checkpoint(checkpoint)
     stage = payload["training"]["stage"]
     model = load_model(checkpoint, device="cpu")
@@ -49,7 +52,7 @@ def evaluate(kind: str, checkpoint: Path, held_out) -> dict | None:
         return {"recall": recall}
     if kind == "alternating" and stage < 3:
         return None
-    results = evaluate_model(model, held_out)
+    results = evaluate_model(model, held_out, precision=precision)
     return {"mAP": results["mAP"], "mAP_area": results["mAP_area"], "ap": results["ap"]}
 
 
@@ -62,6 +65,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--out", default="runs/curves")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
@@ -80,14 +84,15 @@ def main(argv=None) -> int:
         started = time.perf_counter()
         train(model, train_set, iters=args.iters, batch_size=args.batch_size, schedule=args.kind,
               checkpoint=checkpoint, checkpoint_every=10 ** 9, resume=True, seed=0, warmup=100,
-              log=checkpoint.with_suffix(".jsonl"), progress=False, time_limit=limit)
+              log=checkpoint.with_suffix(".jsonl"), progress=False, time_limit=limit,
+              precision=args.precision)
         trained += time.perf_counter() - started
         state = read_checkpoint(checkpoint)["training"]
         finished = state["stage"] >= steps
         done = state["iters"] if finished else state["stage"] * (args.iters // steps) + state["iteration"]
         shutil.copy(checkpoint, out / f"{args.kind}_{round(trained)}s.pt")
         row = {"train_s": round(trained, 1), "iterations": done, "stage": state["stage"],
-               **(evaluate(args.kind, checkpoint, held_out) or {})}
+               **(evaluate(args.kind, checkpoint, held_out, args.precision) or {})}
         rows.append(row)
         print(json.dumps(row), flush=True)
         model = fresh_model(train_set.classes)   # train(resume=True) reloads the checkpoint into it

@@ -1,8 +1,16 @@
 """The two install routes (pip's pyproject.toml and conda's environment.yml) must agree."""
 import importlib
 import re
-import tomllib
+import shutil
+import subprocess
+
+try:
+    import tomllib
+except ModuleNotFoundError:   # Python 3.10
+    import tomli as tomllib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,3 +90,45 @@ def test_version_has_one_source():
     assert frcnn_edu.__version__ == project["version"]
     init = (ROOT / "frcnn_edu" / "__init__.py").read_text()
     assert project["version"] not in init, "frcnn_edu/__init__.py must not hard-code the version"
+
+
+def declared_pythons() -> list[str]:
+    """The 3.x versions pyproject.toml's classifiers declare, e.g. ["3.10", "3.11", ...]."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    prefix = "Programming Language :: Python :: "
+    return [c.removeprefix(prefix) for c in project["classifiers"]
+            if c.startswith(prefix + "3.")]
+
+
+def test_requires_python_matches_the_oldest_declared_version():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    versions = declared_pythons()
+    oldest = min(versions, key=lambda v: tuple(map(int, v.split("."))))
+    assert project["requires-python"] == f">={oldest}", (project["requires-python"], versions)
+    ruff = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["ruff"]
+    assert ruff["target-version"] == "py" + oldest.replace(".", "")
+
+
+def _interpreter(version: str) -> str | None:
+    """python3.X on PATH, or pyenv's copy (the development machines keep 3.6–3.13 there)."""
+    found = shutil.which(f"python{version}")
+    if found and subprocess.run([found, "-c", ""], capture_output=True).returncode == 0:
+        return found
+    pyenv = sorted(Path("/root/.pyenv/versions").glob(f"{version}.*/bin/python"))
+    return str(pyenv[-1]) if pyenv else None
+
+
+@pytest.mark.parametrize("version", declared_pythons())
+def test_every_source_file_compiles_on_each_declared_python(version, tmp_path):
+    """Syntax check only (torch for other Pythons is not on this machine's disk): a 3.11-only
+    construct in the package, tests or tools fails here under 3.10."""
+    python = _interpreter(version)
+    if python is None:
+        pytest.skip(f"no Python {version} interpreter on this machine")
+    files = [str(p) for folder in ("frcnn_edu", "tests", "bench", "tools") for p in (ROOT / folder).rglob("*.py")]
+    script = ("import sys, py_compile\n"
+              "for f in sys.argv[1:]:\n"
+              "    py_compile.compile(f, cfile=sys.argv[0] + '.pyc', doraise=True)\n")
+    (tmp_path / "check.py").write_text(script)
+    result = subprocess.run([python, str(tmp_path / "check.py"), *files], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -16,7 +16,11 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:   # Python 3.10
+    import tomli as tomllib
 import venv
 from pathlib import Path
 
