@@ -36,7 +36,7 @@ from frcnn_edu.data import ShapesDataset
 from frcnn_edu.faster_rcnn import FasterRCNN
 from frcnn_edu.predict import evaluate_model, proposal_recall_of
 from frcnn_edu.samples import SHAPES_HELD_OUT, SHAPES_TRAIN
-from frcnn_edu.train import STAGES, train
+from frcnn_edu.train import SCHEDULES, train
 
 
 def fresh_model(classes) -> FasterRCNN:
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     train_set, held_out = ShapesDataset(**SHAPES_TRAIN), ShapesDataset(**SHAPES_HELD_OUT)
     torch.manual_seed(0)
     model = fresh_model(train_set.classes)
-    steps = len(STAGES[args.kind])   # 4 for alternating, 1 otherwise; iters split equally
+    steps = SCHEDULES[args.kind]   # 4 for alternating, 1 otherwise; iters split equally
 
     rows, trained, finished = [], 0.0, False
     while not finished and trained < args.minutes * 60:
