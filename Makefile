@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint test-notebooks test-browser lab bench notebook-outputs clean
+.PHONY: demo test test-fast lint test-notebooks test-browser lab bench notebook-outputs book apps assignments clean
 
 # The venv is rebuilt only when pyproject.toml changes (the stamp is newer otherwise).
 $(STAMP): pyproject.toml
@@ -45,6 +45,12 @@ test-browser: $(STAMP)
 	$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install --quiet playwright 2>&1 | grep -v "^WARNING: Location" || true
 	FRCNN_EDU_BROWSER_ARTIFACTS=outputs/browser $(PY) -m pytest tests/browser -p no:cacheprovider -rs
 
+# The four explorers as Voilà web apps (apps/*.ipynb, no code shown), one kernel per open page,
+# shut down when the page closes; settings in apps/voila.py. Open http://localhost:$(APPS_PORT)/
+APPS_PORT ?= 8866
+apps: $(STAMP)
+	$(VENV)/bin/voila apps --port=$(APPS_PORT) --Voila.config_file_paths=apps
+
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks
 
@@ -55,6 +61,18 @@ bench: $(STAMP)
 # `make test` compares); all other cells are stripped.
 notebook-outputs: $(STAMP)
 	$(PY) tools/refresh_notebook_outputs.py
+
+# The course as a static website, offline: build/book/html/index.html (docs/book/build.py; every
+# notebook is run, cached in build/book/jupyter_cache; any Sphinx warning fails the build).
+book: $(STAMP)
+	$(PY) docs/book/build.py --strict
+
+# The six exercises as an nbgrader course (tools/make_assignments.py): source/ with the solutions,
+# release/ for the students; docs/teaching.md, "Assignments with nbgrader". `make clean` deletes
+# build/: keep a real course (submissions, gradebook.db) elsewhere with ASSIGNMENTS_DIR=...
+ASSIGNMENTS_DIR ?= build/assignments
+assignments: $(STAMP)
+	$(PY) tools/make_assignments.py --course-dir $(ASSIGNMENTS_DIR)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
