@@ -36,6 +36,6 @@ def test_explorer_cells_do_not_wait_for_the_cell_timeout():
         assert not [o for o in cell.outputs if o.output_type == "error"]
     # The figure reached the widget state nbclient stores: a PNG in an Output widget's outputs.
     state = notebook.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
-    pngs = [out for model in state.values() if model["model_name"] == "OutputModel"
+    pictures = [out for model in state.values() if model["model_name"] == "OutputModel"
             for out in model["state"].get("outputs", []) if "image/png" in out.get("data", {})]
-    assert len(pngs) >= len(cells) - 1
+    assert len(pictures) >= len(cells) - 1

@@ -12,6 +12,7 @@ import torch  # noqa: E402
 
 import frcnn_edu as fe  # noqa: E402
 from frcnn_edu import widgets as W  # noqa: E402
+from frcnn_edu.widgets._base import MIN_FONT_PT, RATIO_COLOURS, count_boxes  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ def test_anchor_explorer(small_image):
     s = ex.state
     assert s["feature_size"] == (13, 19) and s["k"] == 9 and s["total_anchors"] == 13 * 19 * 9
     assert s["receptive_field"] == 171
-    assert len(ex.ax.patches) == 9 + 2                                      # anchors, window, field
+    assert count_boxes(ex.ax) == 9 + 2                                      # anchors, window, field
     anchors_before, png_before, count = s["anchors"].clone(), ex.png, ex.redraw_count
 
     ex.controls["x"].value = 7                                              # move 2 cells right
@@ -129,11 +130,11 @@ def test_anchor_explorer(small_image):
     torch.testing.assert_close(ex.state["anchors"], anchors_before + torch.tensor([32.0, 0, 32, 0]))
 
     ex.controls["ratios"].value = (1.0, 2.0)                                # k = 6
-    assert ex.state["k"] == 6 and len(ex.ax.patches) == 6 + 2
+    assert ex.state["k"] == 6 and count_boxes(ex.ax) == 6 + 2
     ex.controls["backbone"].value = None                                    # no receptive field
-    assert ex.state["receptive_field"] is None and len(ex.ax.patches) == 6 + 1
+    assert ex.state["receptive_field"] is None and count_boxes(ex.ax) == 6 + 1
     ex.controls["backbone"].value = "vgg16"
-    assert ex.state["receptive_field"] == 228 and len(ex.ax.patches) == 6 + 2
+    assert ex.state["receptive_field"] == 228 and count_boxes(ex.ax) == 6 + 2
 
     ex.controls["size3"].value = 512                                        # huge anchor: crosses
     assert ex.state["sizes"] == (32, 64, 512) and ex.state["cross_boundary"] >= 2
@@ -146,7 +147,7 @@ def test_anchor_explorer(small_image):
     assert ex.state["centre"] == ((x + 0.5) * 32, (y + 0.5) * 32)
 
     ex.controls["ratios"].value = ()                                        # nothing selected
-    assert ex.state["k"] == 0 and len(ex.ax.patches) == 2
+    assert ex.state["k"] == 0 and count_boxes(ex.ax) == 2
 
 
 def test_anchor_explorer_default_photo_and_display():
@@ -165,11 +166,11 @@ def test_assignment_explorer():
     counts = ex.state["counts"]
     assert sum(counts.values()) == len(ex.anchors) == 16 * 16 * 9
     assert counts["positive"] >= 1                                          # the highest-IoU rule
-    assert len(ex.ax.patches) == counts["positive"] + 1                     # positives + the box
+    assert count_boxes(ex.ax) == counts["positive"] + 1                     # positives + the box
 
     c["pos_iou"].value = 0.35                                               # more positives
     assert ex.state["counts"]["positive"] > counts["positive"]
-    assert len(ex.ax.patches) == ex.state["counts"]["positive"] + 1
+    assert count_boxes(ex.ax) == ex.state["counts"]["positive"] + 1
     assert set(ex.state["by_best_rule"]) <= set(ex.state["positive"])
 
     c["neg_iou"].value = 0.6                                                # above pos: pos follows
@@ -206,15 +207,15 @@ def test_proposal_explorer_given_boxes(small_image):
     assert ex.state["source"] == "given proposals"
     assert ex.state["kept"] == [0, 2, 3, 4] and ex.state["num_after_nms"] == 4
     assert ex.state["recall"] == {0.5: 1.0, 0.7: 1.0}
-    assert len(ex.ax.patches) == 4 + 2                                      # kept + ground truth
+    assert count_boxes(ex.ax) == 4 + 2                                      # kept + ground truth
 
     ex.controls["nms_iou"].value = 0.4                                      # box 2 goes too
-    assert ex.state["kept"] == [0, 3, 4] and len(ex.ax.patches) == 3 + 2
+    assert ex.state["kept"] == [0, 3, 4] and count_boxes(ex.ax) == 3 + 2
     ex.controls["nms_iou"].value = 0.9                                      # nothing suppressed
     assert ex.state["kept"] == [0, 1, 2, 3, 4]
     ex.controls["top_n"].value = 2                                          # gt 1 is lost
     assert ex.state["kept"] == [0, 1] and ex.state["recall"] == {0.5: 0.5, 0.7: 0.5}
-    assert len(ex.ax.patches) == 2 + 2
+    assert count_boxes(ex.ax) == 2 + 2
 
 
 def test_proposal_explorer_defaults_without_checkpoint(tmp_path):
@@ -224,7 +225,7 @@ def test_proposal_explorer_defaults_without_checkpoint(tmp_path):
     ex.controls["nms_iou"].value = 0.3                                      # stricter NMS
     assert ex.state["num_after_nms"] < ex.state["num_proposals"]
     assert len(ex.state["kept"]) <= n_before
-    assert len(ex.ax.patches) == len(ex.state["kept"]) + len(ex.gt_boxes)
+    assert count_boxes(ex.ax) == len(ex.state["kept"]) + len(ex.gt_boxes)
 
 
 @pytest.mark.slow
@@ -256,15 +257,15 @@ def test_roi_pool_explorer(small_image):
     s = ex.state
     assert s["feature_size"] == (13, 19) and s["pooled"].shape == (1, 3, 3)
     assert s["bins"]["cells"] == (2, 2, 8, 7) and s["empty_bins"] == 0
-    assert len(ex.ax.patches) == 9 + 2                                      # bins, snapped, RoI
+    assert count_boxes(ex.ax) == 9 + 2                                      # bins, snapped, RoI
     torch.testing.assert_close(s["pooled"], W.pool_one_roi(ex.features, s["roi"], 3, 1 / 16))
 
     ex.controls["output_size"].value = 7
-    assert ex.state["pooled"].shape == (1, 7, 7) and len(ex.ax.patches) == 49 + 2
+    assert ex.state["pooled"].shape == (1, 7, 7) and count_boxes(ex.ax) == 49 + 2
     ex.controls["x2"].value = 300                                           # to the right border
     ex.controls["x1"].value = 250                                           # RoI cells 16..19: 19 is off
     assert ex.state["empty_bins"] > 0
-    assert len(ex.ax.patches) == 49 - ex.state["empty_bins"] + 2
+    assert count_boxes(ex.ax) == 49 - ex.state["empty_bins"] + 2
     empty = [(i, j) for i in range(7) for j in range(7)
              if ex.state["bins"]["w_ends"][j] <= ex.state["bins"]["w_starts"][j]]
     assert empty and all(float(ex.state["pooled"][0, i, j]) == 0.0 for i, j in empty)
@@ -274,10 +275,162 @@ def test_roi_pool_explorer_with_own_features(small_image):
     features = torch.randn(4, 13, 19)
     ex = W.roi_pool_explorer(small_image, features=features, output_size=2)
     assert "channel" in ex.controls and ex.state["pooled"].shape == (4, 2, 2)
-    png = ex.png
-    ex.controls["channel"].value = 3
-    assert ex.png != png
+    png, frame = ex.png, ex.frame
+    ex.controls["channel"].value = (ex.controls["channel"].value + 1) % 4
+    assert ex.png != png and ex.frame != frame
     with pytest.raises(ValueError, match="features must be"):
         W.roi_pool_explorer(small_image, features=torch.randn(13, 19))
     with pytest.raises(ValueError, match="image must be"):
         W.anchor_explorer(torch.rand(200, 300))
+
+
+def test_roi_pool_explorer_opens_on_a_channel_that_responds(small_image):
+    features = torch.zeros(5, 13, 19)
+    features[1] = 0.2                                                        # weak everywhere
+    features[3, 4:6, 5:8] = 3.0                                              # strong inside the RoI
+    ex = W.roi_pool_explorer(small_image, features=features, roi=(64, 48, 160, 112), output_size=2)
+    assert ex.controls["channel"].value == 3
+    assert float(ex.state["pooled"][3].abs().max()) == 3.0
+    assert "<table" in ex.legend.value and "3.00" in ex.legend.value         # the values, as text
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendering, legibility, encoding, layout
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def explorers(small_image):
+    return {"anchor": W.anchor_explorer(small_image, sizes=(32, 64, 128)),
+            "assignment": W.assignment_explorer(),
+            "proposal": W.proposal_explorer(small_image, torch.tensor([[10.0, 10.0, 60.0, 60.0]]),
+                                            torch.tensor([[12.0, 12.0, 62.0, 62.0]]), torch.tensor([0.9])),
+            "roi": W.roi_pool_explorer(small_image, output_size=3)}
+
+
+def test_first_frames_are_png_and_legible(explorers):
+    for name, ex in explorers.items():
+        assert ex.frame[:8] == ex.png[:8] == b"\x89PNG\r\n\x1a\n", name      # from code: PNG
+        assert ex.output.outputs[0]["data"].keys() == {"image/png", "text/plain"}
+        # Shown at its own size (the Output is as wide as the picture): 1 pt = 1 CSS pt at dpi 96.
+        assert ex.fig.dpi == 96 and ex.output.layout.min_width == f"{round(ex.fig.get_figwidth() * 96)}px"
+        texts = [t for t in ex.fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text()]
+        small = [(t.get_text(), t.get_fontsize()) for t in texts if t.get_fontsize() < MIN_FONT_PT]
+        assert not small, f"{name}: text below {MIN_FONT_PT} pt: {small}"
+        assert ex.caption.value and ex.legend.value                           # titles and legends: HTML
+
+
+def test_controls_update_while_dragging_and_keep_their_readouts(explorers):
+    for name, ex in explorers.items():
+        sliders = [c for c in ex.controls.values() if hasattr(c, "continuous_update")]
+        assert sliders and all(c.continuous_update for c in sliders), name
+        assert all(c.readout for c in sliders if hasattr(c, "readout")), name
+        assert all(int(c.style.description_width[:-2]) >= 120 for c in ex.controls.values()), name
+        assert "frcnn-edu-explorer" in ex.widget._dom_classes
+        controls = ex.widget.children[1]
+        assert controls.layout.flex == "0 0 auto" and controls.layout.min_width   # never shrinks
+        assert ex.widget.layout.flex_flow == "row wrap"                       # wraps when narrow
+
+
+def test_kernel_restart_message_is_in_the_page(explorers):
+    style = explorers["anchor"].widget.children[0].value
+    assert "jupyter-widgets-disconnected" in style and "Kernel restarted" in style
+
+
+def test_anchor_colours_are_ratios_and_styles_are_sizes(explorers):
+    ex = explorers["anchor"]
+    rects = [p for p in ex.ax.patches if p.get_linewidth() == 1.8]            # the k anchors
+    k_sizes = len(ex.state["sizes"])
+    for a, patch in enumerate(rects):
+        ratio = ex.state["ratios"][a // k_sizes]
+        assert matplotlib.colors.to_hex(patch.get_edgecolor()) == RATIO_COLOURS[ratio]
+    styles = {p.get_linestyle() for p in rects[:k_sizes]}
+    assert len(styles) == k_sizes                                             # one style per size
+
+
+def test_browser_changes_are_coalesced(small_image):
+    """A drag sends many values; the explorer draws at most one frame per interval and always
+    ends on the last value (no backlog)."""
+    import asyncio
+    ex = W.anchor_explorer(small_image, sizes=(32, 64, 128), position=(2, 4))
+    x = ex.controls["x"]
+
+    async def drag():
+        for value in range(3, 13):                                            # 10 values, no pause
+            with x._lock_property(value=value):                               # as a browser update
+                x.value = value
+        await asyncio.sleep(0.5)
+
+    count = ex.redraw_count
+    asyncio.run(drag())
+    assert ex.state["position"] == (12, 4)
+    assert 1 <= ex.redraw_count - count < 10
+    assert ex.frame[:3] == b"\xff\xd8\xff" and ex.frame_format == "jpeg"   # the browser gets JPEG
+    assert ex.output.outputs[0]["data"].keys() == {"image/jpeg", "text/plain"}
+    assert ex.png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# The student's own functions
+# ----------------------------------------------------------------------------------------------
+def _swapped_anchors(sizes, ratios):                                        # a classic mistake
+    return fe.anchors.generate_base_anchors(sizes, ratios)[:, [1, 0, 3, 2]]
+
+
+def test_anchor_explorer_with_the_students_anchors(small_image):
+    ex = W.anchor_explorer(small_image, sizes=(32, 64, 128), anchors_fn=fe.anchors.generate_base_anchors)
+    assert ex.state["differing"] == [] and "match" in ex.message.value
+    assert count_boxes(ex.ax) == 9 + 2
+
+    wrong = W.anchor_explorer(small_image, sizes=(32, 64, 128), anchors_fn=_swapped_anchors)
+    differing = wrong.state["differing"]
+    assert len(differing) == 6                                                # the squares are right
+    assert f"{len(differing)} of 9 boxes" in wrong.message.value
+    assert count_boxes(wrong.ax) == 9 + 2 + len(differing)                    # + the expected boxes
+    torch.testing.assert_close(wrong.state["reference"], ex.state["anchors"])
+
+    def broken(sizes, ratios):
+        raise ZeroDivisionError("oops")
+    failing = W.anchor_explorer(small_image, anchors_fn=broken)
+    assert "ZeroDivisionError: oops" in failing.message.value and failing.state["k"] == 0
+    short = W.anchor_explorer(small_image, anchors_fn=lambda sizes, ratios: torch.zeros(3, 4))
+    assert "(3, 4)" in short.message.value and "(9, 4)" in short.message.value
+    failing.controls["x"].value = 3                                           # still moves, no traceback
+    assert failing.state["position"][0] == 3
+
+
+def _reference_assign(anchors, gt_boxes, image_size, pos_iou, neg_iou):
+    return W.label_anchors(anchors, gt_boxes, image_size, pos_iou, neg_iou)
+
+
+def _no_best_rule(anchors, gt_boxes, image_size, pos_iou, neg_iou):     # forgets rule (i)
+    iou = fe.boxes.box_iou(anchors, gt_boxes).max(dim=1).values
+    labels = torch.full((len(anchors),), -1)
+    labels[iou < neg_iou] = 0
+    labels[iou >= pos_iou] = 1
+    labels[~fe.anchors.inside_image(anchors, image_size)] = -1
+    return labels
+
+
+def test_assignment_explorer_with_the_students_assign():
+    ex = W.assignment_explorer(assign_fn=_reference_assign)
+    assert ex.state["differing"] == [] and "match" in ex.message.value
+    assert ex.controls["cross_boundary"].disabled
+
+    wrong = W.assignment_explorer(assign_fn=_no_best_rule)
+    assert len(wrong.state["differing"]) > 0
+    assert f"{len(wrong.state['differing'])} of" in wrong.message.value
+    rings = [c for c in wrong.ax.collections if c.get_sizes().tolist() == [90.0]]
+    assert len(rings) == 1 and len(rings[0].get_offsets()) == len(wrong.state["differing"])
+
+    failing = W.assignment_explorer(assign_fn=lambda *args: torch.zeros(5))
+    assert "shape (5,)" in failing.message.value
+    assert torch.equal(failing.state["labels"], failing.state["reference"])   # the package's, drawn
+
+
+def test_moving_across_the_map_rarely_redraws_the_background():
+    """The view is sticky: large anchors crossing the border widen it now and then, not every step
+    (a full redraw costs ten times a blitted frame)."""
+    ex = W.anchor_explorer()
+    before = ex.background_count
+    for _ in range(20):
+        ex.controls["x"].value += 1                                          # out across the right border
+    assert ex.background_count - before <= 4

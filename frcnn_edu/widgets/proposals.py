@@ -8,11 +8,21 @@ import ipywidgets as widgets
 import matplotlib
 import torch
 
-from .. import viz
 from ..boxes import box_iou, clip_boxes, nms, remove_small_boxes
 from ..evaluate import proposal_recall
 from ..samples import SHIPPED_CHECKPOINT
-from ._base import GROUND_TRUTH, _check_image, _Explorer, _slider, shapes_sample
+from ._base import (
+    GROUND_TRUTH,
+    _check_image,
+    _Explorer,
+    _slider,
+    add_box,
+    add_boxes,
+    caption_html,
+    legend_html,
+    shapes_sample,
+    show_background_image,
+)
 
 DEFAULT_CHECKPOINT = SHIPPED_CHECKPOINT          # frcnn_edu/assets/checkpoints/shapes_tiny.pt
 
@@ -104,33 +114,47 @@ class ProposalExplorer(_Explorer):
             self.boxes, self.scores = jittered_proposals(self.gt_boxes, image_size, seed=seed)
             self.source = "random boxes jittered around the ground truth"
         n = max(len(self.boxes), 1)
+        self._after_nms = (None, None)
         controls = {
-            "nms_iou": _slider(widgets.FloatSlider, "NMS IoU", nms_iou, 0.05, 1.0, 0.05),
-            "top_n": _slider(widgets.IntSlider, "top N", min(top_n, n), 1, n),
+            "nms_iou": _slider(widgets.FloatSlider, "NMS IoU", nms_iou, 0.05, 1.0, 0.05,
+                               tooltip="a proposal overlapping a better one by more than this is dropped"),
+            "top_n": _slider(widgets.IntSlider, "top N", min(top_n, n), 1, n,
+                             tooltip="how many of the proposals left after NMS are kept, best first"),
         }
-        self._build(controls, figsize=(6.5, 6.5))
+        self._build(controls, figsize=(5.6, 5.6))
+
+    def setup(self):
+        show_background_image(self.ax, self.image)
 
     def compute(self) -> dict:
         c = self.controls
-        after_nms = nms(self.boxes, self.scores, c["nms_iou"].value)
+        # NMS depends on the threshold only: moving top N re-uses it (the proposals never change).
+        if self._after_nms[0] != c["nms_iou"].value:
+            self._after_nms = (c["nms_iou"].value, nms(self.boxes, self.scores, c["nms_iou"].value))
+        after_nms = self._after_nms[1]
         kept = after_nms[:c["top_n"].value]
         return {"kept": kept.tolist(), "num_after_nms": len(after_nms), "num_proposals": len(self.boxes),
                 "recall": recall_of(self.boxes[kept], self.gt_boxes), "source": self.source}
 
     def draw(self):
         s, ax = self.state, self.ax
-        viz.show_image(self.image, ax)
         kept = s["kept"]
         cmap = matplotlib.colormaps["viridis"]
-        for i in reversed(kept):                 # the best last, on top
-            viz.draw_box_outline(ax, self.boxes[i], color=cmap(float(self.scores[i])), linewidth=1.0)
-        for box in self.gt_boxes:
-            viz.draw_box_outline(ax, box, color=GROUND_TRUTH, linewidth=2.5, linestyle="--")
+        boxes, scores = self.boxes.tolist(), self.scores.tolist()
+        order = kept[::-1]                       # the best last, on top
+        add_boxes(ax, [boxes[i] for i in order], cmap([scores[i] for i in order]), linewidth=1.0)
+        for box in self.gt_boxes.tolist():
+            add_box(ax, box, GROUND_TRUTH, linewidth=2.5, halo=True)
         r = s["recall"]
-        ax.set_title(f"NMS at IoU {self.controls['nms_iou'].value:.2f} keeps {s['num_after_nms']} of "
-                     f"{s['num_proposals']}; the top {len(kept)} drawn (colour = score)\n"
-                     f"recall of the {len(self.gt_boxes)} boxes (red): {r[0.5]:.2f} at IoU 0.5, "
-                     f"{r[0.7]:.2f} at IoU 0.7\n({s['source']})", fontsize=9)
+        self.caption.value = caption_html(
+            f"NMS at IoU {self.controls['nms_iou'].value:.2f} keeps <b>{s['num_after_nms']}</b> of "
+            f"{s['num_proposals']}; the top <b>{len(kept)}</b> drawn",
+            f"recall of the {len(self.gt_boxes)} ground-truth boxes: <b>{r[0.5]:.2f}</b> at IoU 0.5, "
+            f"<b>{r[0.7]:.2f}</b> at IoU 0.7 <span style='color:#666'>({s['source']})</span>")
+        self.legend.value = legend_html(
+            [dict(label="ground-truth box", color=GROUND_TRUTH, width=2.5, halo=True)]
+            + [dict(label=f"proposal, score {v:.1f}", color=matplotlib.colors.to_hex(cmap(v)), width=1.5)
+               for v in (0.1, 0.5, 0.9)])
 
 
 def proposal_explorer(image=None, gt_boxes=None, boxes=None, scores=None, **kwargs) -> ProposalExplorer:
