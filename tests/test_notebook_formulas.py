@@ -457,3 +457,48 @@ def test_vgg16_fc6_fc7_cost_about_72_gflop_on_300_rois():
     assert (head.fc6.in_features, head.fc6.out_features, head.fc7.out_features) == (25088, 4096, 4096)
     gflop = 2 * 300 * (head.fc6.weight.numel() + head.fc7.weight.numel()) / 1e9
     assert round(gflop) == 72
+
+
+def _conv_gflop(module, x):
+    """GFLOP of the Conv2d layers of `module` on input `x` (meta device: shapes only), 2 FLOPs per
+    multiply-add, counted from each layer's output shape and kernel."""
+    flops = []
+
+    def count(layer, _inputs, output):
+        k = layer.kernel_size[0] * layer.kernel_size[1] * layer.in_channels // layer.groups
+        flops.append(2 * output.numel() * k)
+
+    handles = [m.register_forward_hook(count) for m in module.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        module(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sum(flops) / 1e9
+
+
+def test_vgg16_fc6_fc7_are_a_sixth_of_the_network():
+    """09_fast_rcnn: fc6 and fc7 on 300 RoIs "cost about 72 GFLOP per image, a sixth of the whole
+    network's arithmetic" (VGG-16 on a 600 x 1000 image: conv layers, the RPN head, fc6/fc7 and the
+    two outputs; about 72 of 451 GFLOP, as bench/RESULTS.md also counts)."""
+    with torch.device("meta"):
+        x = torch.empty(1, 3, 600, 1000)
+        backbone = B.build_backbone("vgg16")
+        features = backbone(x)
+        conv = _conv_gflop(backbone, x) + _conv_gflop(RPN.RPNHead(512, 9, 512), features)
+        head = fe.fast_rcnn.FastRCNNHead(512, 20, roi_output_size=7, representation_size=4096)
+    fc67 = 2 * 300 * (head.fc6.weight.numel() + head.fc7.weight.numel()) / 1e9
+    outputs = 2 * 300 * (head.cls_score.weight.numel() + head.bbox_pred.weight.numel()) / 1e9
+    share = fc67 / (conv + fc67 + outputs)
+    assert 1 / 7 < share < 1 / 5, share
+
+
+def test_truncated_svd_of_vgg16_fc6_fc7_cuts_72_to_19_gflop():
+    """09_fast_rcnn: "Fast R-CNN keeps t = 1024 for fc6 and t = 256 for fc7 (about 19 GFLOP instead of
+    72)" on 300 RoIs: t(u + v) weights instead of u·v."""
+    with torch.device("meta"):
+        head = fe.fast_rcnn.FastRCNNHead(512, 20, roi_output_size=7, representation_size=4096)
+        head.compress(1024, 256)
+    weights = sum(p.numel() for layer in (head.fc6, head.fc7) for p in layer.parameters() if p.dim() == 2)
+    assert weights == 1024 * (25088 + 4096) + 256 * (4096 + 4096)
+    assert round(2 * 300 * weights / 1e9) == 19
