@@ -75,3 +75,18 @@ def test_opens_with_what_it_teaches_and_ends_with_questions(path):
 @pytest.mark.parametrize("path", COURSE, ids=lambda p: p.name)
 def test_readme_links_every_notebook(path):
     assert f"notebooks/{path.name}" in (ROOT / "README.md").read_text()
+
+
+APPS = sorted((ROOT / "apps").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + APPS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_cell_has_a_unique_id(path):
+    """nbformat 4.5 gives each cell an id; a cell added by a script without one makes nbformat warn
+    (and a future nbformat refuse the notebook), and Jupyter Book / nbgrader key cells by it."""
+    notebook = json.loads(path.read_text())
+    assert (notebook["nbformat"], notebook["nbformat_minor"]) >= (4, 5)
+    ids = [cell.get("id") for cell in notebook["cells"]]
+    missing = [index for index, cell_id in enumerate(ids) if not cell_id]
+    assert not missing, f"{path.name}: cells {missing} have no id"
+    assert len(set(ids)) == len(ids), f"{path.name}: duplicate cell ids"
