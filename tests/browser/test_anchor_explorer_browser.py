@@ -12,17 +12,13 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from _servers import CHROMIUM, CHROMIUM_ARGS, free_port, running_server  # tests/browser/_servers.py
 
-CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api",
@@ -31,9 +27,6 @@ nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed (pi
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-dev-shm-usage"]
 NOTEBOOK = "explorers.ipynb"
 START_TIMEOUT_S = 90          # JupyterLab's server on a busy 2-core machine
 UI_TIMEOUT_MS = 180_000       # loading the lab, starting the kernel, importing torch
@@ -57,12 +50,6 @@ WATCH_JS = """index => {
 }"""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _write_notebook(path: Path) -> None:
     from nbformat.v4 import new_code_cell, new_notebook
     nb = new_notebook(cells=[
@@ -78,7 +65,7 @@ def jupyterlab(tmp_path):
     root, state = tmp_path / "root", tmp_path / "jupyter"
     root.mkdir()
     _write_notebook(root / NOTEBOOK)
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_port(), secrets.token_hex(16)
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     for var, sub in [("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_RUNTIME_DIR", "runtime"),
@@ -91,38 +78,16 @@ def jupyterlab(tmp_path):
         path = state / "settings" / "@jupyterlab" / f"{plugin}.jupyterlab-settings"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(settings)
-    log = open(tmp_path / "jupyterlab.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-         f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}",
-         f"--IdentityProvider.token={token}", "--LabApp.news_url=None",
-         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-         "--LabApp.extension_manager=readonly", "--ServerApp.terminals_enabled=False"]
-        + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=5) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail(f"JupyterLab did not start; log:\n{(tmp_path / 'jupyterlab.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+    command = ([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+                f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}",
+                f"--IdentityProvider.token={token}", "--LabApp.news_url=None",
+                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+                "--LabApp.extension_manager=readonly", "--ServerApp.terminals_enabled=False"]
+               + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []))
+    with running_server(command, ready_url=f"{base}/api/status?token={token}", log_path=tmp_path / "jupyterlab.log",
+                        timeout_s=START_TIMEOUT_S, name="JupyterLab", cwd=root, env=env):
         yield base, token
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
 
 
 def _percentile(values, q):

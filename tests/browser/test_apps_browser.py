@@ -10,17 +10,14 @@ are saved in pytest's tmp_path (and in $FRCNN_EDU_BROWSER_ARTIFACTS when set).
 """
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from _servers import CHROMIUM, CHROMIUM_ARGS, free_port, running_server  # tests/browser/_servers.py
 
-CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api",
@@ -34,20 +31,11 @@ ROOT = Path(__file__).resolve().parents[2]
 APPS = ROOT / "apps"
 APP, SLIDER = "assignment.ipynb", "box x1"     # one app, and the slider the test moves
 WIDTHS = (1300, 700)                            # a projector / laptop window, half a laptop screen
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-dev-shm-usage"]
 START_TIMEOUT_S = 60          # Voilà's server on a busy 2-core machine
 PAGE_TIMEOUT_MS = 120_000     # a fresh kernel imports torch, then runs the explorer's cell
 SHUTDOWN_TIMEOUT_S = 30
 # The explorer's controls, whatever box holds them (ipywidgets 8 class names).
 CONTROLS = ".widget-slider, .widget-dropdown, .widget-select-multiple, .widget-toggle-buttons"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _kernels(server: subprocess.Popen) -> list:
@@ -65,39 +53,17 @@ def _kernels(server: subprocess.Popen) -> list:
 @pytest.fixture
 def voila(tmp_path):
     """Voilà serving apps/ with apps/voila.py, as `make apps` does, on a free port: (base URL, server)."""
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)
     for var, sub in [("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_RUNTIME_DIR", "runtime"),
                      ("JUPYTER_DATA_DIR", "data"), ("IPYTHONDIR", "ipython")]:
         env[var] = str(tmp_path / "jupyter" / sub)     # no settings of the user's leak in
-    log = open(tmp_path / "voila.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "voila", str(APPS), f"--port={port}", f"--Voila.config_file_paths={APPS}",
-         f"--Voila.connection_dir_root={tmp_path}"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/", timeout=5) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail(f"Voilà did not start; log:\n{(tmp_path / 'voila.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+    command = [sys.executable, "-m", "voila", str(APPS), f"--port={port}", f"--Voila.config_file_paths={APPS}",
+               f"--Voila.connection_dir_root={tmp_path}"]
+    with running_server(command, ready_url=f"{base}/", log_path=tmp_path / "voila.log",
+                        timeout_s=START_TIMEOUT_S, name="Voilà", cwd=ROOT, env=env) as server:
         yield base, server
-    finally:
-        server.send_signal(signal.SIGTERM)   # Voilà shuts its kernels down on SIGTERM
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
 
 
 def _controls_off_screen(page, width: int) -> list[str]:
