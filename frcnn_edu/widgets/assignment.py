@@ -171,15 +171,15 @@ class AssignmentExplorer(_Explorer):
         for value, artist in self._label_dots.items():
             artist.set_offsets(dots[labels == value].reshape(-1, 2))
         best = set(s["by_best_rule"])
-        boxes = self.anchors.tolist()
-        for a in s["positive"]:
-            add_box(ax, boxes[a], POSITIVE, linewidth=2, linestyle="--" if a in best else "-", halo=True)
+        positive_boxes = self.anchors[s["positive"]].tolist()      # (P, 4): only the few drawn
+        for a, box in zip(s["positive"], positive_boxes):
+            add_box(ax, box, POSITIVE, linewidth=2, linestyle="--" if a in best else "-", halo=True)
         add_box(ax, s["gt_box"].tolist(), GROUND_TRUTH, linewidth=2.5, halo=True)
         if s["differing"]:
             ring = ax.scatter(dots[s["differing"], 0], dots[s["differing"], 1], s=90, facecolors="none",
                               edgecolors=DIFFERENT, linewidths=1.6)
             ring.set_path_effects(HALO)
-        self._fit_view(ax, self.image.shape[-2:], [boxes[a] for a in s["positive"]])
+        self._fit_view(ax, self.image.shape[-2:], positive_boxes)
         c = s["counts"]
         self.caption.value = caption_html(
             f"<b>{c['positive']} positive</b> ({len(best)} only by the highest-IoU rule, dashed), "

@@ -101,8 +101,8 @@ class ProposalExplorer(_Explorer):
         image_size = tuple(self.image.shape[-2:])
         self.gt_boxes = torch.zeros(0, 4) if gt_boxes is None else torch.as_tensor(gt_boxes).float().reshape(-1, 4)
         if boxes is not None:
-            self.boxes = torch.as_tensor(boxes).float().reshape(-1, 4)
-            self.scores = (torch.as_tensor(scores).float() if scores is not None
+            self.boxes = torch.as_tensor(boxes).detach().float().cpu().reshape(-1, 4)
+            self.scores = (torch.as_tensor(scores).detach().float().cpu() if scores is not None
                            else torch.linspace(1, 0, len(self.boxes)))
             self.source = "given proposals"
         elif checkpoint is not None and Path(checkpoint).is_file():
@@ -140,9 +140,8 @@ class ProposalExplorer(_Explorer):
         s, ax = self.state, self.ax
         kept = s["kept"]
         cmap = matplotlib.colormaps["viridis"]
-        boxes, scores = self.boxes.tolist(), self.scores.tolist()
         order = kept[::-1]                       # the best last, on top
-        add_boxes(ax, [boxes[i] for i in order], cmap([scores[i] for i in order]), linewidth=1.0)
+        add_boxes(ax, self.boxes[order].tolist(), cmap(self.scores[order].numpy()), linewidth=1.0)
         for box in self.gt_boxes.tolist():
             add_box(ax, box, GROUND_TRUTH, linewidth=2.5, halo=True)
         r = s["recall"]
